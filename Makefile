@@ -1,0 +1,63 @@
+# inferlane build, test, lab and benchmark entry points. Run as root: the lab and
+# the privileged tests create network namespaces and load eBPF programs.
+
+# Debian packages the build, the lab and the tests need.
+APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump
+
+CARGO ?= cargo
+# bash: the test recipe reads PIPESTATUS.
+SHELL := /bin/bash
+
+.PHONY: deps build release lab test test-unit check-root check-clean bench clean
+
+## deps: install the Debian packages that are missing (apt-get update only if needed)
+deps: check-root
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "all Debian packages present"; fi
+
+build: deps
+	$(CARGO) build
+
+release: deps
+	$(CARGO) build --release
+
+## lab: build, then build the namespace lab, run the daemon in it, drive traffic, report, tear down
+lab: build
+	./target/debug/inferlane lab
+
+## test: every test, privileged ones included; a privileged test that cannot run fails
+test: deps
+	@mkdir -p target
+	INFERLANE_REQUIRE_PRIVILEGED=1 $(CARGO) test --all-targets 2>&1 | tee target/test.log; \
+	status=$${PIPESTATUS[0]}; \
+	if grep -q "SKIPPED (needs root)" target/test.log; then echo "error: privileged tests were skipped"; exit 1; fi; \
+	exit $$status
+	@$(MAKE) --no-print-directory check-clean
+
+## test-unit: the tests that need no root (config, parsers, encoders)
+test-unit:
+	$(CARGO) test --lib --test config_check
+
+check-root:
+	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (apt-get, network namespaces, eBPF)"; exit 1; }
+
+## check-clean: fail if tests left namespaces (il*), inferlane pins or programs behind
+check-clean:
+	@left=""; \
+	ns=$$(ip netns list 2>/dev/null | awk '$$1 ~ /^il[0-9]+[a-z]+-/ {print $$1}'); [ -z "$$ns" ] || left="$$left namespaces: $$ns;"; \
+	[ ! -e /sys/fs/bpf/inferlane ] || left="$$left pins under /sys/fs/bpf/inferlane;"; \
+	progs=$$(bpftool prog show 2>/dev/null | grep -cE ' name (lan_ingress|lan_egress) ' || true); \
+	[ "$$progs" = 0 ] || left="$$left $$progs inferlane programs still loaded;"; \
+	if [ -n "$$left" ]; then echo "error: left behind:$$left"; exit 1; fi; echo "nothing left behind"
+
+## bench: benchmarks, figures written to BENCHMARKS.md
+bench: deps
+	$(CARGO) run --release --example bench_datapath -- --write BENCHMARKS.md
+
+clean:
+	$(CARGO) clean

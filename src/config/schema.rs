@@ -1,0 +1,330 @@
+//! The configuration's shape: serde structs, one per table, and the assembly of the
+//! document from its top-level sections.
+//!
+//! Every struct denies unknown fields, so a misspelt key is an error rather than a
+//! silently ignored option. Value types (rates, DSCPs, CIDRs, ...) deserialize
+//! themselves, so their errors carry the span of the offending string.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use super::units::{de_duration, Rate};
+use super::values::{de_cidrs, de_socket_addr, de_socket_addrs, Dscp, PortSpec, Probe};
+
+/// The whole configuration. Parsed once and then immutable; a reload builds a new one.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub daemon: Daemon,
+    pub lan: Lan,
+    pub uplinks: Vec<Uplink>,
+    pub classes: Vec<Class>,
+    pub rules: Vec<Rule>,
+    pub export: Option<Export>,
+    pub metrics: Option<Metrics>,
+}
+
+impl Config {
+    pub fn uplink(&self, name: &str) -> Option<&Uplink> {
+        self.uplinks.iter().find(|uplink| uplink.name == name)
+    }
+
+    pub fn class(&self, name: &str) -> Option<&Class> {
+        self.classes.iter().find(|class| class.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Classify, mark, queue, route and block.
+    #[default]
+    Enforce,
+    /// Classify, count and export; change nothing in the packet path.
+    Observe,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Daemon {
+    pub mode: Mode,
+    pub control_socket: PathBuf,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            mode: Mode::Enforce,
+            control_socket: PathBuf::from("/run/inferlane/control.sock"),
+        }
+    }
+}
+
+/// Empty by default so that a missing `[lan]` is reported by validation, which says
+/// what to write, rather than by serde's bare "missing field".
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Lan {
+    pub interfaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    pub name: String,
+    pub interface: String,
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    #[serde(default)]
+    pub metered: bool,
+    #[serde(default)]
+    pub egress_rate: Option<Rate>,
+    #[serde(default)]
+    pub ingress_rate: Option<Rate>,
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+fn default_priority() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Defaults to empty so validation can say "at least one probe".
+    #[serde(default)]
+    pub probes: Vec<Probe>,
+    #[serde(default = "default_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    #[serde(default = "default_up_after")]
+    pub up_after: u32,
+}
+
+// 300 ms × 3 misses detects a silent blackout in about 1 s, inside the 2 s budget;
+// 100 good probes (30 s) before failing back keeps a flapping link from pulling
+// traffic back and forth.
+fn default_interval() -> Duration {
+    Duration::from_millis(300)
+}
+
+fn default_down_after() -> u32 {
+    3
+}
+
+fn default_up_after() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Queue {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Class {
+    pub name: String,
+    /// Required: a default would silently re-mark (bleach) traffic.
+    pub dscp: Dscp,
+    #[serde(default)]
+    pub queue: Queue,
+    /// Preference order; empty means "follow the main routing table".
+    #[serde(default)]
+    pub uplinks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Classify,
+    Block,
+}
+
+/// A rule matches when every matcher it has matches (AND); within one list any entry
+/// may match (OR).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default)]
+    pub action: Action,
+    #[serde(default)]
+    pub class: Option<String>,
+    #[serde(default)]
+    pub providers: Vec<String>,
+    #[serde(default, deserialize_with = "de_cidrs")]
+    pub destinations: Vec<IpNet>,
+    #[serde(default, deserialize_with = "de_cidrs")]
+    pub clients: Vec<IpNet>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    #[default]
+    Ipfix,
+    Netflow9,
+    Netflow5,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Export {
+    #[serde(default, deserialize_with = "de_socket_addrs")]
+    pub collectors: Vec<SocketAddr>,
+    #[serde(default)]
+    pub format: ExportFormat,
+    #[serde(default = "default_active_timeout", deserialize_with = "de_duration")]
+    pub active_timeout: Duration,
+    #[serde(default = "default_inactive_timeout", deserialize_with = "de_duration")]
+    pub inactive_timeout: Duration,
+}
+
+// The common defaults of flow exporters (softflowd, Cisco's inactive timeout).
+fn default_active_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_inactive_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    #[serde(deserialize_with = "de_socket_addr")]
+    pub listen: SocketAddr,
+}
+
+/// An error found while turning the document into a `Config`, before validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SpannedError {
+    pub(crate) span: Range<usize>,
+    pub(crate) message: String,
+}
+
+const SECTIONS: &[&str] = &[
+    "daemon", "lan", "uplinks", "classes", "rules", "export", "metrics",
+];
+
+/// Builds the `Config` section by section, and `[[array]]` element by element, rather
+/// than with one derived `Deserialize`: serde stops at the first error, and this way
+/// a mistake in one uplink does not hide a mistake in a rule further down.
+pub(crate) fn from_document(doc: Spanned<DeTable<'_>>) -> Result<Config, Vec<SpannedError>> {
+    let mut config = Config::default();
+    let mut errors = Vec::new();
+    for (key, value) in doc.into_inner() {
+        let key_span = key.span();
+        let mut collect = |result: Result<(), Vec<SpannedError>>| {
+            if let Err(e) = result {
+                errors.extend(e);
+            }
+        };
+        match key.get_ref().as_ref() {
+            "daemon" => collect(table(value, "daemon").map(|v| config.daemon = v)),
+            "lan" => collect(table(value, "lan").map(|v| config.lan = v)),
+            "uplinks" => collect(array_of_tables(value, "uplinks").map(|v| config.uplinks = v)),
+            "classes" => collect(array_of_tables(value, "classes").map(|v| config.classes = v)),
+            "rules" => collect(array_of_tables(value, "rules").map(|v| config.rules = v)),
+            "export" => collect(table(value, "export").map(|v| config.export = Some(v))),
+            "metrics" => collect(table(value, "metrics").map(|v| config.metrics = Some(v))),
+            other => errors.push(SpannedError {
+                span: key_span,
+                message: format!(
+                    "unknown section {other:?}, expected one of {}",
+                    SECTIONS
+                        .iter()
+                        .map(|s| format!("{s:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        // Keys come out of the table sorted by name, not by position.
+        errors.sort_by_key(|e| (e.span.start, e.span.end));
+        Err(errors)
+    }
+}
+
+fn table<T: DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+    name: &str,
+) -> Result<T, Vec<SpannedError>> {
+    if !value.get_ref().is_table() {
+        return Err(vec![SpannedError {
+            span: value.span(),
+            message: format!(
+                "{name:?} must be a table, found {}",
+                value.get_ref().type_str()
+            ),
+        }]);
+    }
+    deserialize(value).map_err(|e| vec![e])
+}
+
+fn array_of_tables<T: DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+    name: &str,
+) -> Result<Vec<T>, Vec<SpannedError>> {
+    let span = value.span();
+    let DeValue::Array(array) = value.into_inner() else {
+        return Err(vec![SpannedError {
+            span,
+            message: format!("{name:?} must be an array of tables, written [[{name}]]"),
+        }]);
+    };
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    for element in array {
+        let result = if element.get_ref().is_table() {
+            deserialize(element)
+        } else {
+            Err(SpannedError {
+                span: element.span(),
+                message: format!(
+                    "each entry of {name:?} must be a table, found {}",
+                    element.get_ref().type_str()
+                ),
+            })
+        };
+        match result {
+            Ok(item) => items.push(item),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(items)
+    } else {
+        Err(errors)
+    }
+}
+
+fn deserialize<T: DeserializeOwned>(value: Spanned<DeValue<'_>>) -> Result<T, SpannedError> {
+    let span = value.span();
+    T::deserialize(ValueDeserializer::from(value)).map_err(|e| SpannedError {
+        // toml attaches a span to almost every error; the value's own span is the
+        // nearest place for the rest.
+        span: e.span().unwrap_or(span),
+        message: e.message().to_owned(),
+    })
+}

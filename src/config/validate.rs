@@ -1,0 +1,697 @@
+//! Semantic checks: what the types alone cannot say (names that must exist, lists that
+//! must not be empty, values that must agree with each other).
+//!
+//! Every check runs and every problem is kept, so one `inferlane check` shows all of
+//! them. Problems are reported by key path; `locate` turns paths into positions.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::Duration;
+
+use super::locate::{key_path, KeyPath};
+use super::schema::{Action, Config, Export, Health, Rule};
+use super::units::format_duration;
+
+/// One semantic problem, located by key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Issue {
+    pub(crate) path: KeyPath,
+    pub(crate) message: String,
+    /// For duplicates: where the first occurrence is, so the message can say.
+    pub(crate) first: Option<KeyPath>,
+}
+
+/// Linux's IFNAMSIZ is 16 including the terminating NUL.
+const IFNAME_MAX: usize = 15;
+const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+const MIN_ACTIVE_TIMEOUT: Duration = Duration::from_secs(1);
+// The flow scanner works in whole seconds; a shorter idle timeout would end flows
+// between two packets of an ordinary request.
+const MIN_INACTIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(crate) fn check(config: &Config) -> Vec<Issue> {
+    let mut c = Checker::default();
+    c.daemon(config);
+    c.lan(config);
+    c.uplinks(config);
+    c.classes(config);
+    for (i, rule) in config.rules.iter().enumerate() {
+        c.rule(config, key_path!["rules", i], rule);
+    }
+    if let Some(export) = &config.export {
+        c.export(export);
+    }
+    c.issues
+}
+
+#[derive(Default)]
+struct Checker {
+    issues: Vec<Issue>,
+}
+
+impl Checker {
+    fn error(&mut self, path: KeyPath, message: String) {
+        self.issues.push(Issue {
+            path,
+            message,
+            first: None,
+        });
+    }
+
+    /// Reports every repeated entry of `items` (at its second occurrence) as
+    /// "duplicate WHAT VALUE".
+    fn duplicates<T: Hash + Eq + std::fmt::Display>(
+        &mut self,
+        list: &KeyPath,
+        items: &[T],
+        what: &str,
+    ) {
+        for (first, again) in duplicates(items) {
+            self.issues.push(Issue {
+                path: list.join(again),
+                message: format!("duplicate {what} {:?}", items[again].to_string()),
+                first: Some(list.join(first)),
+            });
+        }
+    }
+
+    fn daemon(&mut self, config: &Config) {
+        let socket = &config.daemon.control_socket;
+        if !socket.is_absolute() {
+            self.error(
+                key_path!["daemon", "control_socket"],
+                format!("control_socket {socket:?} must be an absolute path"),
+            );
+        }
+    }
+
+    fn lan(&mut self, config: &Config) {
+        let interfaces = &config.lan.interfaces;
+        if interfaces.is_empty() {
+            self.error(
+                key_path!["lan", "interfaces"],
+                "lan.interfaces is empty; list at least one LAN interface, e.g. interfaces = [\"lan0\"]".into(),
+            );
+        }
+        for (i, name) in interfaces.iter().enumerate() {
+            self.interface_name(key_path!["lan", "interfaces", i], name);
+        }
+        self.duplicates(&key_path!["lan", "interfaces"], interfaces, "LAN interface");
+    }
+
+    fn interface_name(&mut self, path: KeyPath, name: &str) {
+        if let Some(problem) = interface_name_problem(name) {
+            self.error(path, format!("invalid interface name {name:?}: {problem}"));
+        }
+    }
+
+    fn uplinks(&mut self, config: &Config) {
+        let mut by_interface: HashMap<&str, usize> = HashMap::new();
+        for (i, uplink) in config.uplinks.iter().enumerate() {
+            let here = key_path!["uplinks", i];
+            if let Some(problem) = name_problem(&uplink.name) {
+                self.error(
+                    here.join("name"),
+                    format!("invalid uplink name {:?}: {problem}", uplink.name),
+                );
+            }
+            let interface = uplink.interface.as_str();
+            if interface_name_problem(interface).is_some() {
+                self.interface_name(here.join("interface"), interface);
+            } else if config.lan.interfaces.iter().any(|lan| lan == interface) {
+                self.error(
+                    here.join("interface"),
+                    format!(
+                        "uplink {:?} uses interface {interface:?}, which is also a LAN interface",
+                        uplink.name
+                    ),
+                );
+            } else if let Some(&first) = by_interface.get(interface) {
+                self.issues.push(Issue {
+                    path: here.join("interface"),
+                    message: format!(
+                        "interface {interface:?} is already used by uplink {:?}",
+                        config.uplinks[first].name
+                    ),
+                    first: Some(key_path!["uplinks", first, "interface"]),
+                });
+            } else {
+                by_interface.insert(interface, i);
+            }
+            if let Some(health) = &uplink.health {
+                self.health(here.join("health"), health);
+            }
+        }
+        let names: Vec<_> = config.uplinks.iter().map(|u| u.name.as_str()).collect();
+        for (first, again) in duplicates(&names) {
+            self.issues.push(Issue {
+                path: key_path!["uplinks", again, "name"],
+                message: format!("duplicate uplink name {:?}", names[again]),
+                first: Some(key_path!["uplinks", first, "name"]),
+            });
+        }
+    }
+
+    fn health(&mut self, here: KeyPath, health: &Health) {
+        if health.probes.is_empty() {
+            self.error(
+                here.join("probes"),
+                "health needs at least one probe, e.g. probes = [\"icmp:192.0.2.1\"]".into(),
+            );
+        }
+        self.duplicates(&here.join("probes"), &health.probes, "probe");
+        if health.interval < MIN_PROBE_INTERVAL {
+            self.error(
+                here.join("interval"),
+                format!(
+                    "health interval {} is below the minimum of {}",
+                    format_duration(health.interval),
+                    format_duration(MIN_PROBE_INTERVAL)
+                ),
+            );
+        }
+        if health.down_after == 0 {
+            self.error(
+                here.join("down_after"),
+                "down_after must be at least 1".into(),
+            );
+        }
+        if health.up_after == 0 {
+            self.error(here.join("up_after"), "up_after must be at least 1".into());
+        }
+    }
+
+    fn classes(&mut self, config: &Config) {
+        for (i, class) in config.classes.iter().enumerate() {
+            let here = key_path!["classes", i];
+            if let Some(problem) = name_problem(&class.name) {
+                self.error(
+                    here.join("name"),
+                    format!("invalid class name {:?}: {problem}", class.name),
+                );
+            }
+            for (j, uplink) in class.uplinks.iter().enumerate() {
+                if config.uplink(uplink).is_none() {
+                    self.error(
+                        here.join("uplinks").join(j),
+                        format!(
+                            "class {:?} names uplink {uplink:?}, which is not defined ({})",
+                            class.name,
+                            defined("uplinks", config.uplinks.iter().map(|u| &u.name))
+                        ),
+                    );
+                }
+            }
+            let list: Vec<_> = class.uplinks.iter().map(String::as_str).collect();
+            self.duplicates(&here.join("uplinks"), &list, "uplink");
+        }
+        let names: Vec<_> = config.classes.iter().map(|c| c.name.as_str()).collect();
+        for (first, again) in duplicates(&names) {
+            self.issues.push(Issue {
+                path: key_path!["classes", again, "name"],
+                message: format!("duplicate class name {:?}", names[again]),
+                first: Some(key_path!["classes", first, "name"]),
+            });
+        }
+    }
+
+    fn rule(&mut self, config: &Config, here: KeyPath, rule: &Rule) {
+        if rule.providers.is_empty()
+            && rule.destinations.is_empty()
+            && rule.clients.is_empty()
+            && rule.ports.is_empty()
+        {
+            self.error(
+                here.clone(),
+                "rule matches nothing; give at least one of providers, destinations, clients or ports".into(),
+            );
+        }
+        match (rule.action, &rule.class) {
+            (Action::Classify, None) => self.error(
+                here.join("class"),
+                "rule has no class; add class = \"NAME\" (action \"classify\" is the default) or set action = \"block\"".into(),
+            ),
+            (Action::Classify, Some(class)) if config.class(class).is_none() => self.error(
+                here.join("class"),
+                format!(
+                    "rule names class {class:?}, which is not defined ({})",
+                    defined("classes", config.classes.iter().map(|c| &c.name))
+                ),
+            ),
+            (Action::Block, Some(class)) => self.error(
+                here.join("class"),
+                format!("a \"block\" rule takes no class; remove class = {class:?}"),
+            ),
+            _ => {}
+        }
+        // Names are checked against the provider catalog once the classify module
+        // loads it; here only their spelling is checked.
+        let providers = here.join("providers");
+        for (j, provider) in rule.providers.iter().enumerate() {
+            if provider == "*" {
+                if rule.providers.len() > 1 {
+                    self.error(
+                        providers.join(j),
+                        "\"*\" already means every provider; list either \"*\" or provider names, not both".into(),
+                    );
+                }
+            } else if let Some(problem) = name_problem(provider) {
+                self.error(
+                    providers.join(j),
+                    format!("invalid provider name {provider:?}: {problem}, or \"*\" for all"),
+                );
+            }
+        }
+        self.duplicates(&providers, &rule.providers, "provider");
+        self.duplicates(
+            &here.join("destinations"),
+            &rule.destinations,
+            "destination",
+        );
+        self.duplicates(&here.join("clients"), &rule.clients, "client");
+        self.duplicates(&here.join("ports"), &rule.ports, "port");
+    }
+
+    fn export(&mut self, export: &Export) {
+        let here = key_path!["export"];
+        if export.collectors.is_empty() {
+            self.error(
+                here.join("collectors"),
+                "export needs at least one collector, e.g. collectors = [\"192.0.2.50:4739\"]"
+                    .into(),
+            );
+        }
+        self.duplicates(&here.join("collectors"), &export.collectors, "collector");
+        let (active, inactive) = (export.active_timeout, export.inactive_timeout);
+        if active < MIN_ACTIVE_TIMEOUT {
+            self.error(
+                here.join("active_timeout"),
+                format!(
+                    "active_timeout {} is below the minimum of {}",
+                    format_duration(active),
+                    format_duration(MIN_ACTIVE_TIMEOUT)
+                ),
+            );
+        }
+        if inactive < MIN_INACTIVE_TIMEOUT {
+            self.error(
+                here.join("inactive_timeout"),
+                format!(
+                    "inactive_timeout {} is below the minimum of {}",
+                    format_duration(inactive),
+                    format_duration(MIN_INACTIVE_TIMEOUT)
+                ),
+            );
+        } else if inactive > active {
+            self.error(
+                here.join("inactive_timeout"),
+                format!(
+                    "inactive_timeout {} exceeds active_timeout {}",
+                    format_duration(inactive),
+                    format_duration(active)
+                ),
+            );
+        }
+    }
+}
+
+/// Why `name` cannot be a Linux interface name (the kernel's dev_valid_name), if it
+/// cannot.
+fn interface_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("empty".into());
+    }
+    if name.len() > IFNAME_MAX {
+        return Some(format!(
+            "{} bytes long, Linux allows at most {IFNAME_MAX}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Some("\".\" and \"..\" are not allowed".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+    {
+        return Some(format!("contains {bad:?}, which Linux does not allow"));
+    }
+    None
+}
+
+/// Names of uplinks, classes and providers: short tokens that are safe in metric
+/// labels, log lines and status output without quoting.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        Some("use only lowercase letters, digits, '_' and '-'")
+    } else {
+        None
+    }
+}
+
+/// "defined uplinks: \"fiber\", \"lte\"" or "no uplinks are defined".
+fn defined<'a>(what: &str, names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<_> = names.map(|n| format!("{n:?}")).collect();
+    if names.is_empty() {
+        format!("no {what} are defined")
+    } else {
+        format!("defined {what}: {}", names.join(", "))
+    }
+}
+
+/// (index of first occurrence, index of repeat) for every repeated element.
+fn duplicates<T: Hash + Eq>(items: &[T]) -> Vec<(usize, usize)> {
+    let mut seen: HashMap<&T, usize> = HashMap::new();
+    let mut repeats = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match seen.get(item) {
+            Some(&first) => repeats.push((first, i)),
+            None => {
+                seen.insert(item, i);
+            }
+        }
+    }
+    repeats
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    /// Every error as "LINE:COL: message".
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text, "t.toml") {
+            Ok(config) => panic!("expected errors, but the config loaded: {config:#?}"),
+            Err(errors) => errors
+                .0
+                .iter()
+                .map(|e| {
+                    let (line, col) = e.position().expect("a position");
+                    format!("{line}:{col}: {}", e.message())
+                })
+                .collect(),
+        }
+    }
+
+    /// Exactly one error, at `line:col`, whose message contains `needle`.
+    #[track_caller]
+    fn expect_one(text: &str, line: usize, col: usize, needle: &str) {
+        let seen = errors(text);
+        let prefix = format!("{line}:{col}: ");
+        assert!(
+            seen.len() == 1 && seen[0].starts_with(&prefix) && seen[0].contains(needle),
+            "expected one error at {line}:{col} containing {needle:?}\nsaw:\n{}",
+            seen.join("\n")
+        );
+    }
+
+    /// Exactly these errors, in this order (each as "LINE:COL: substring").
+    #[track_caller]
+    fn expect_all(text: &str, expected: &[(usize, usize, &str)]) {
+        let seen = errors(text);
+        let matches = seen.len() == expected.len()
+            && seen
+                .iter()
+                .zip(expected)
+                .all(|(seen, (line, col, needle))| {
+                    seen.starts_with(&format!("{line}:{col}: ")) && seen.contains(needle)
+                });
+        assert!(
+            matches,
+            "expected:\n{}\nsaw:\n{}",
+            expected
+                .iter()
+                .map(|(l, c, n)| format!("{l}:{c}: ...{n}..."))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            seen.join("\n")
+        );
+    }
+
+    const LAN: &str = "[lan]\ninterfaces = [\"lan0\"]\n";
+
+    #[test]
+    fn lan_interfaces_must_be_listed() {
+        expect_one("[lan]\ninterfaces = []\n", 2, 14, "lan.interfaces is empty");
+        expect_one("", 1, 1, "lan.interfaces is empty");
+        expect_one("[lan]\n", 1, 1, "lan.interfaces is empty");
+    }
+
+    #[test]
+    fn lan_interface_names_must_be_valid_for_linux() {
+        let text = "[lan]\ninterfaces = [\"lan0\", \"a/b\", \"thisnameistoolong\", \"..\", \"lan 1\", \"eth0:1\", \"\"]\n";
+        expect_all(
+            text,
+            &[
+                (2, 23, "invalid interface name \"a/b\": contains '/'"),
+                (2, 30, "invalid interface name \"thisnameistoolong\": 17 bytes long, Linux allows at most 15"),
+                (2, 51, "invalid interface name \"..\""),
+                (2, 57, "invalid interface name \"lan 1\": contains ' '"),
+                (2, 66, "invalid interface name \"eth0:1\": contains ':'"),
+                (2, 76, "invalid interface name \"\": empty"),
+            ],
+        );
+    }
+
+    #[test]
+    fn duplicate_lan_interface_points_at_the_second() {
+        expect_one(
+            "[lan]\ninterfaces = [\"lan0\", \"lan1\", \"lan0\"]\n",
+            2,
+            31,
+            "duplicate LAN interface \"lan0\" (first at line 2)",
+        );
+    }
+
+    #[test]
+    fn uplink_interfaces_are_not_lan_and_not_shared() {
+        let text = format!(
+            "{LAN}[[uplinks]]\nname = \"fiber\"\ninterface = \"lan0\"\n\n[[uplinks]]\nname = \"a\"\ninterface = \"wan0\"\n\n[[uplinks]]\nname = \"b\"\ninterface = \"wan0\"\n"
+        );
+        expect_all(
+            &text,
+            &[
+                (
+                    5,
+                    13,
+                    "uplink \"fiber\" uses interface \"lan0\", which is also a LAN interface",
+                ),
+                (
+                    13,
+                    13,
+                    "interface \"wan0\" is already used by uplink \"a\" (first at line 9)",
+                ),
+            ],
+        );
+        let text = format!("{LAN}[[uplinks]]\nname = \"a\"\ninterface = \"wan/0\"\n");
+        expect_one(&text, 5, 13, "invalid interface name \"wan/0\"");
+    }
+
+    #[test]
+    fn uplink_names_are_unique_and_well_formed() {
+        let text = format!(
+            "{LAN}[[uplinks]]\nname = \"fiber\"\ninterface = \"wan0\"\n[[uplinks]]\nname = \"Fiber 2\"\ninterface = \"wan1\"\n[[uplinks]]\nname = \"fiber\"\ninterface = \"wan2\"\n[[uplinks]]\nname = \"\"\ninterface = \"wan3\"\n"
+        );
+        expect_all(
+            &text,
+            &[
+                (7, 8, "invalid uplink name \"Fiber 2\": use only lowercase letters, digits, '_' and '-'"),
+                (10, 8, "duplicate uplink name \"fiber\" (first at line 4)"),
+                (13, 8, "invalid uplink name \"\": empty"),
+            ],
+        );
+    }
+
+    const UPLINKS: &str = "[lan]\ninterfaces = [\"lan0\"]\n[[uplinks]]\nname = \"fiber\"\ninterface = \"wan0\"\n[[uplinks]]\nname = \"lte\"\ninterface = \"wwan0\"\n";
+
+    #[test]
+    fn class_uplinks_must_exist_once() {
+        // Line 9 onwards.
+        let text = format!("{UPLINKS}[[classes]]\nname = \"chat\"\ndscp = \"EF\"\nuplinks = [\"fiber\", \"lte2\", \"fiber\"]\n");
+        expect_all(
+            &text,
+            &[
+                (12, 21, "class \"chat\" names uplink \"lte2\", which is not defined (defined uplinks: \"fiber\", \"lte\")"),
+                (12, 29, "duplicate uplink \"fiber\" (first at line 12)"),
+            ],
+        );
+        let text =
+            format!("{LAN}[[classes]]\nname = \"chat\"\ndscp = \"EF\"\nuplinks = [\"fiber\"]\n");
+        expect_one(
+            &text,
+            6,
+            12,
+            "uplink \"fiber\", which is not defined (no uplinks are defined)",
+        );
+    }
+
+    #[test]
+    fn class_names_are_unique_and_well_formed() {
+        let text = format!(
+            "{LAN}[[classes]]\nname = \"chat\"\ndscp = \"EF\"\n[[classes]]\nname = \"chat\"\ndscp = \"LE\"\n[[classes]]\nname = \"Bulk!\"\ndscp = 0\n"
+        );
+        expect_all(
+            &text,
+            &[
+                (7, 8, "duplicate class name \"chat\" (first at line 4)"),
+                (10, 8, "invalid class name \"Bulk!\""),
+            ],
+        );
+    }
+
+    const CLASSES: &str =
+        "[lan]\ninterfaces = [\"lan0\"]\n[[classes]]\nname = \"chat\"\ndscp = \"EF\"\n";
+
+    #[test]
+    fn classify_rule_needs_an_existing_class() {
+        // A missing class points at the rule's table.
+        let text = format!("{CLASSES}\n[[rules]]\nproviders = [\"openai\"]\n");
+        expect_one(&text, 7, 1, "rule has no class");
+        let text = format!("{CLASSES}[[rules]]\nclass = \"bulk\"\nproviders = [\"openai\"]\n");
+        expect_one(
+            &text,
+            7,
+            9,
+            "rule names class \"bulk\", which is not defined (defined classes: \"chat\")",
+        );
+        // Inline array of tables works the same way.
+        // (Written before the first table header, or it would belong to that table.)
+        let text = format!("rules = [{{ class = \"chat\", ports = [\"tcp:443\"] }}, {{ class = \"nope\", ports = [\"tcp:443\"] }}]\n{CLASSES}");
+        expect_one(&text, 1, 61, "rule names class \"nope\"");
+    }
+
+    #[test]
+    fn block_rule_takes_no_class() {
+        let text = format!("{CLASSES}[[rules]]\naction = \"block\"\nclass = \"chat\"\nclients = [\"198.51.100.0/25\"]\n");
+        expect_one(
+            &text,
+            8,
+            9,
+            "a \"block\" rule takes no class; remove class = \"chat\"",
+        );
+        let text =
+            format!("{CLASSES}[[rules]]\naction = \"block\"\nclients = [\"198.51.100.0/25\"]\n");
+        assert!(
+            parse(&text, "t.toml").is_ok(),
+            "a block rule without class is fine"
+        );
+    }
+
+    #[test]
+    fn rule_needs_a_matcher() {
+        let text = format!("{CLASSES}[[rules]]\nclass = \"chat\"\nproviders = []\n");
+        expect_one(
+            &text,
+            6,
+            1,
+            "rule matches nothing; give at least one of providers, destinations, clients or ports",
+        );
+    }
+
+    #[test]
+    fn provider_names() {
+        let text = format!("{CLASSES}[[rules]]\nclass = \"chat\"\nproviders = [\"openai\", \"Open AI\", \"*\", \"openai\"]\n");
+        expect_all(
+            &text,
+            &[
+                (8, 24, "invalid provider name \"Open AI\""),
+                (8, 35, "\"*\" already means every provider"),
+                (8, 40, "duplicate provider \"openai\" (first at line 8)"),
+            ],
+        );
+        let text = format!("{CLASSES}[[rules]]\nclass = \"chat\"\nproviders = [\"*\"]\n");
+        assert!(parse(&text, "t.toml").is_ok(), "\"*\" alone is fine");
+    }
+
+    #[test]
+    fn duplicate_matchers() {
+        let text = format!(
+            "{CLASSES}[[rules]]\nclass = \"chat\"\ndestinations = [\"192.0.2.0/24\", \"192.0.2.0/24\"]\nports = [\"tcp:443\", \"TCP:443\"]\n"
+        );
+        expect_all(
+            &text,
+            &[
+                (
+                    8,
+                    33,
+                    "duplicate destination \"192.0.2.0/24\" (first at line 8)",
+                ),
+                (9, 21, "duplicate port \"tcp:443\" (first at line 9)"),
+            ],
+        );
+    }
+
+    #[test]
+    fn health_limits() {
+        let text = format!("{LAN}[[uplinks]]\nname = \"a\"\ninterface = \"wan0\"\nhealth = {{ interval = \"5ms\", down_after = 0, up_after = 0 }}\n");
+        expect_all(
+            &text,
+            &[
+                // No probes: the inline table itself.
+                (6, 10, "health needs at least one probe"),
+                (6, 23, "health interval 5ms is below the minimum of 10ms"),
+                (6, 43, "down_after must be at least 1"),
+                (6, 57, "up_after must be at least 1"),
+            ],
+        );
+        let text = format!("{LAN}[[uplinks]]\nname = \"a\"\ninterface = \"wan0\"\n[uplinks.health]\nprobes = [\"icmp:192.0.2.1\", \"icmp:192.0.2.1\"]\ninterval = \"10ms\"\n");
+        expect_one(
+            &text,
+            7,
+            29,
+            "duplicate probe \"icmp:192.0.2.1\" (first at line 7)",
+        );
+    }
+
+    #[test]
+    fn export_limits() {
+        let text = format!("{LAN}[export]\n");
+        expect_one(&text, 3, 1, "export needs at least one collector");
+        let text = format!("{LAN}[export]\ncollectors = [\"192.0.2.50:4739\"]\nactive_timeout = \"500ms\"\ninactive_timeout = \"0s\"\n");
+        expect_all(
+            &text,
+            &[
+                (5, 18, "active_timeout 500ms is below the minimum of 1s"),
+                (6, 20, "inactive_timeout 0s is below the minimum of 1s"),
+            ],
+        );
+        let text = format!(
+            "{LAN}[export]\ncollectors = [\"192.0.2.50:4739\"]\ninactive_timeout = \"2m\"\n"
+        );
+        expect_one(
+            &text,
+            5,
+            20,
+            "inactive_timeout 2m exceeds active_timeout 1m",
+        );
+    }
+
+    #[test]
+    fn control_socket_is_absolute() {
+        let text = format!("[daemon]\ncontrol_socket = \"control.sock\"\n{LAN}");
+        expect_one(
+            &text,
+            2,
+            18,
+            "control_socket \"control.sock\" must be an absolute path",
+        );
+    }
+
+    #[test]
+    fn all_problems_are_reported_in_file_order() {
+        let text = "[[rules]]\nclass = \"x\"\n\n[lan]\ninterfaces = [\"lan0\", \"lan0\"]\n";
+        expect_all(
+            text,
+            &[
+                (1, 1, "rule matches nothing"),
+                (2, 9, "rule names class \"x\""),
+                (5, 23, "duplicate LAN interface \"lan0\""),
+            ],
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The control socket: `inferlane status` (and later flows, reload) talk to the
+//! running daemon over a Unix stream socket, one JSON request line and one JSON
+//! response line per connection. JSON because it is what `--json` prints anyway,
+//! and operators can drive it with `socat` when the CLI is not at hand.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bpf::abi::Counters;
+use crate::bpf::{TcAttachMode, XdpAttachMode};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "lowercase")]
+pub enum Response {
+    Status(Status),
+    Error { message: String },
+}
+
+/// What `inferlane status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    /// "enforce" or "observe".
+    pub mode: String,
+    pub config: String,
+    pub uptime_ms: u64,
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub xdp: XdpAttachMode,
+    pub tc: TcAttachMode,
+    /// Kernel program ids (`bpftool prog show id N`).
+    pub xdp_prog_id: u32,
+    pub tc_prog_id: u32,
+    /// LAN client to router (XDP lan_ingress).
+    pub upload: Counters,
+    /// Router to LAN client (TC lan_egress).
+    pub download: Counters,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: another inferlane is already listening there")]
+    InUse { path: String },
+    #[error("control socket {path}: {op}: {source}")]
+    Io { path: String, op: &'static str, source: std::io::Error },
+    #[error("control socket {path}: bad message: {source}")]
+    Protocol { path: String, source: serde_json::Error },
+    #[error("control socket {path}: the daemon answered with an error: {message}")]
+    Remote { path: String, message: String },
+}
+
+impl Status {
+    /// The human view of `inferlane status`.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "inferlane {} (pid {}), mode {}, up {}", self.version, self.pid, self.mode, human_ms(self.uptime_ms));
+        let _ = writeln!(out, "config {}", self.config);
+        let _ = writeln!(
+            out,
+            "{:<12} {:>8} {:<6} {:<8} {:>12} {:>14} {:>12} {:>14} {:>9}",
+            "interface", "ifindex", "xdp", "tc", "up pkts", "up bytes", "down pkts", "down bytes", "malformed"
+        );
+        for i in &self.interfaces {
+            let _ = writeln!(
+                out,
+                "{:<12} {:>8} {:<6} {:<8} {:>12} {:>14} {:>12} {:>14} {:>9}",
+                i.name,
+                i.ifindex,
+                format!("{:?}", i.xdp).to_lowercase(),
+                format!("{:?}", i.tc).to_lowercase(),
+                i.upload.packets,
+                i.upload.bytes,
+                i.download.packets,
+                i.download.bytes,
+                i.upload.malformed + i.download.malformed,
+            );
+        }
+        out
+    }
+}
+
+fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{}.{:03}s", s, ms % 1000),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}

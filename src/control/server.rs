@@ -1,0 +1,128 @@
+//! The daemon side of the control socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use super::{ControlError, Request, Response};
+
+/// Answers one request; implemented by the daemon.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> Response;
+}
+
+/// A bound control socket. The socket file (and the directory, if we made it)
+/// is removed by [`ControlSocket::remove`].
+pub struct ControlSocket {
+    path: PathBuf,
+    created_dir: Option<PathBuf>,
+    listener: Option<UnixListener>,
+}
+
+impl ControlSocket {
+    /// Bind `path` with mode 0600. A stale socket left by a killed daemon is
+    /// replaced; a live one (another daemon answers) is an error.
+    pub fn bind(path: &Path) -> Result<Self, ControlError> {
+        let p = path.display().to_string();
+        let io = |op: &'static str| {
+            let p = p.clone();
+            move |source| ControlError::Io { path: p, op, source }
+        };
+        let mut created_dir = None;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(io("create directory"))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io("chmod directory"))?;
+                created_dir = Some(dir.to_path_buf());
+            }
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse { path: p });
+            }
+            std::fs::remove_file(path).map_err(io("remove stale socket"))?;
+        }
+        // Bind under a restrictive umask so there is no window where the socket is
+        // reachable by others before the chmod below.
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0o177) };
+        let listener = {
+            // UnixListener::bind needs a runtime context; the daemon calls this inside one.
+            let l = UnixListener::bind(path);
+            // SAFETY: as above, restores the previous mask.
+            unsafe { libc::umask(old) };
+            l.map_err(io("bind"))?
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io("chmod"))?;
+        Ok(ControlSocket { path: path.to_path_buf(), created_dir, listener: Some(listener) })
+    }
+
+    /// Serve until `shutdown` flips to true.
+    pub async fn serve(&mut self, handler: Arc<dyn Handler>, mut shutdown: watch::Receiver<bool>) {
+        let Some(listener) = self.listener.take() else { return };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let handler = handler.clone();
+                        tokio::spawn(async move {
+                            // A client that stalls must not hold a task forever.
+                            if tokio::time::timeout(Duration::from_secs(5), answer(stream, handler)).await.is_err() {
+                                tracing::debug!("control client timed out");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket accept");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Remove the socket file and the directory we created (if empty).
+    pub fn remove(&mut self) -> Result<(), ControlError> {
+        let p = self.path.display().to_string();
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ControlError::Io { path: p, op: "remove", source }),
+        }
+        if let Some(dir) = self.created_dir.take() {
+            // Only if empty: someone else may have put files there meanwhile.
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+}
+
+async fn answer(stream: UnixStream, handler: Arc<dyn Handler>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    // Requests are tiny; a bounded read keeps a bad client from growing memory.
+    let mut reader = BufReader::new(read.take_limit());
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let resp = match serde_json::from_str::<Request>(line.trim_end()) {
+        Ok(req) => handler.handle(req),
+        Err(e) => Response::Error { message: format!("bad request: {e}") },
+    };
+    let mut out = serde_json::to_string(&resp).expect("responses always serialise");
+    out.push('\n');
+    let _ = write.write_all(out.as_bytes()).await;
+}
+
+trait TakeLimit: tokio::io::AsyncRead + Sized {
+    fn take_limit(self) -> tokio::io::Take<Self> {
+        tokio::io::AsyncReadExt::take(self, 64 * 1024)
+    }
+}
+impl<T: tokio::io::AsyncRead> TakeLimit for T {}

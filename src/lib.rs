@@ -1,0 +1,8 @@
+//! inferlane: a router daemon that recognises AI traffic on the wire, queues and
+//! routes it by class, and reports it. See ../shared/DESIGN.md for the architecture.
+
+pub mod config;
+pub mod lab;
+pub mod bpf;
+pub mod control;
+pub mod daemon;
