@@ -229,20 +229,26 @@ impl Datapath {
 
     /// Counters of every attached interface, keyed by interface name.
     pub fn counters(&self) -> Result<BTreeMap<String, IfCounters>, BpfError> {
-        let map = self.counters_map()?;
         let mut out = BTreeMap::new();
         for a in &self.attached {
-            let read = |direction| -> Result<Counters, BpfError> {
-                let values = map
-                    .get(&IfKey { ifindex: a.info.ifindex, direction }, 0)
-                    .map_err(|source| BpfError::Map { map: MAP_IF_COUNTERS, source })?;
-                let mut sum = Counters::default();
-                values.iter().for_each(|c| sum.add(c));
-                Ok(sum)
-            };
-            out.insert(a.info.iface.clone(), IfCounters { upload: read(DIR_UPLOAD)?, download: read(DIR_DOWNLOAD)? });
+            out.insert(a.info.iface.clone(), self.counters_for(a.info.ifindex)?);
         }
         Ok(out)
+    }
+
+    /// Counters of one ifindex, summed over CPUs. Index 0 is the catch-all slot for
+    /// interfaces nobody registered (and for BPF_PROG_TEST_RUN, which has none).
+    pub fn counters_for(&self, ifindex: u32) -> Result<IfCounters, BpfError> {
+        let map = self.counters_map()?;
+        let read = |direction| -> Result<Counters, BpfError> {
+            let values = map
+                .get(&IfKey { ifindex, direction }, 0)
+                .map_err(|source| BpfError::Map { map: MAP_IF_COUNTERS, source })?;
+            let mut sum = Counters::default();
+            values.iter().for_each(|c| sum.add(c));
+            Ok(sum)
+        };
+        Ok(IfCounters { upload: read(DIR_UPLOAD)?, download: read(DIR_DOWNLOAD)? })
     }
 
     /// Detach everything, in reverse order, continuing past failures; every
