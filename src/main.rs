@@ -142,6 +142,10 @@ fn main() -> ExitCode {
                         ExitCode::FAILURE
                     }
                 }
+                Err(inferlane::lab::scenario::ScenarioError::Interrupted) => {
+                    eprintln!("inferlane lab: interrupted; lab torn down");
+                    ExitCode::from(130)
+                }
                 Err(e) => {
                     eprintln!("inferlane lab: {e}");
                     ExitCode::FAILURE

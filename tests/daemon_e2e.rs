@@ -226,3 +226,36 @@ fn lab_command_runs_end_to_end() {
     assert!(out.status.success(), "inferlane lab failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("PASS") && stdout.contains("left behind: nothing"), "report:\n{stdout}");
 }
+
+/// Ctrl-C in a terminal sends SIGINT to the whole foreground process group:
+/// `inferlane lab`, its daemon and iperf3. Everything must still be torn down.
+#[test]
+fn lab_command_cleans_up_on_ctrl_c() {
+    if !require_root_or_skip("lab_command_cleans_up_on_ctrl_c") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(bin())
+        .args(["lab", "--seconds", "3"])
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prefix = format!("il{}", child.id());
+    let netns = || String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+    // Interrupt while traffic runs: the daemon answers once iperf3 has started.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !netns().contains(&format!("{prefix}a-router")) {
+        assert!(std::time::Instant::now() < deadline, "lab namespaces never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "expected exit 130 after Ctrl-C: {stderr}");
+    assert!(stderr.contains("interrupted"), "no word of the interrupt: {stderr}");
+    let left = netns();
+    assert!(!left.contains(&prefix), "namespaces left after Ctrl-C: {left}");
+}

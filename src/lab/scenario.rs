@@ -496,5 +496,11 @@ pub fn run_demo(bin: &Path, seconds: u32) -> Result<Report, ScenarioError> {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { sigaction(sig, &action) }.map_err(|e| ScenarioError::Io { what: format!("install {sig} handler"), source: e.into() })?;
     }
-    run_scenario(bin, seconds)
+    let result = run_scenario(bin, seconds);
+    // Ctrl-C also reaches iperf3 and the daemon (same process group), so the step
+    // that failed is only a symptom: say what happened.
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        return Err(ScenarioError::Interrupted);
+    }
+    result
 }
