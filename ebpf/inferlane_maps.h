@@ -3,6 +3,7 @@
  * Maps shared by every program. Each program source includes this header; the
  * definitions are __weak so that build.rs can link all objects into one with
  * `bpftool gen object`, which merges same-named weak maps into a single map.
+ * Sizes here are defaults; the daemon sets the flow table's from the config.
  */
 #ifndef INFERLANE_MAPS_H
 #define INFERLANE_MAPS_H
@@ -13,6 +14,11 @@
 
 /* Room for 127 LAN interfaces in both directions plus the "unregistered" slots. */
 #define IL_MAX_IF_COUNTERS 256
+#define IL_DEFAULT_FLOWS 262144
+#define IL_MAX_RULES 16384
+#define IL_MAX_DEST_PREFIXES 131072
+#define IL_MAX_CLIENT_PREFIXES 65536
+#define IL_MAX_FRAGS 8192
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -20,5 +26,61 @@ struct {
 	__type(key, struct il_if_key);
 	__type(value, struct il_counters);
 } if_counters SEC(".maps") __weak;
+
+/* The flow table. LRU: under pressure the least recently used flow makes room. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, IL_DEFAULT_FLOWS);
+	__type(key, struct il_flow_key);
+	__type(value, struct il_flow);
+} flows SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct il_flow_stats);
+} flow_stats SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, IL_MAX_FRAGS);
+	__type(key, struct il_frag_key);
+	__type(value, struct il_frag_ports);
+} frags SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct il_settings);
+} settings SEC(".maps") __weak;
+
+/* Rule maps, two copies: userspace fills the idle copy, then flips
+ * settings.rule_set, so a packet sees either the old rules or the new, never a mix. */
+#define IL_RULE_MAPS(N)                                                        \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                              \
+		__uint(max_entries, IL_MAX_RULES);                             \
+		__type(key, __u32);                                            \
+		__type(value, struct il_rule);                                 \
+	} rules_##N SEC(".maps") __weak;                                       \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);                           \
+		__uint(max_entries, IL_MAX_DEST_PREFIXES);                     \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                          \
+		__type(key, struct il_lpm_key);                                \
+		__type(value, struct il_candidates);                           \
+	} dests_##N SEC(".maps") __weak;                                       \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);                           \
+		__uint(max_entries, IL_MAX_CLIENT_PREFIXES);                   \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                          \
+		__type(key, struct il_client_key);                             \
+		__type(value, __u8);                                           \
+	} clients_##N SEC(".maps") __weak;
+
+IL_RULE_MAPS(0)
+IL_RULE_MAPS(1)
 
 #endif

@@ -13,6 +13,8 @@
 #define IL_DIR_UPLOAD   0 /* LAN client -> router (lan_ingress) */
 #define IL_DIR_DOWNLOAD 1 /* router -> LAN client (lan_egress) */
 
+/* ---- Interface counters ------------------------------------------------ */
+
 /* Key of if_counters: which LAN interface, which direction. The daemon creates
  * one entry per (ifindex, direction) before attaching; ifindex 0 collects packets
  * from an interface it did not register, so nothing is counted silently. */
@@ -30,6 +32,209 @@ struct il_counters {
 	__u64 other;     /* ARP, LLDP, anything not IP */
 	__u64 vlan;      /* frames with one or two 802.1Q/802.1ad tags */
 	__u64 malformed; /* truncated or inconsistent headers (passed anyway) */
+};
+
+/* ---- Flow table ---------------------------------------------------------- */
+
+/*
+ * One entry per flow, keyed from the LAN client's side in both directions: upload
+ * packets give (src, dst), download packets the reverse, so both meet here.
+ * Addresses are IPv6; IPv4 is mapped (::ffff:a.b.c.d), so one key serves both.
+ * Ports are in network byte order. ICMP echo uses the identifier as client_port;
+ * other ICMP and non-TCP/UDP protocols have both ports 0.
+ */
+struct il_flow_key {
+	__u8 client[16];
+	__u8 remote[16];
+	__u16 client_port;
+	__u16 remote_port;
+	__u8 proto;  /* IPPROTO_* (ICMPv6 for IPv6 ICMP) */
+	__u8 family; /* 4 or 6 */
+	__u16 pad;   /* always 0 */
+};
+
+/* Where a flow's verdict came from (detection cascade of DESIGN.md). */
+#define IL_SRC_NONE   0
+#define IL_SRC_STATIC 1 /* a static rule: client/destination prefix, port */
+#define IL_SRC_DNS    2
+#define IL_SRC_SNI    3
+#define IL_SRC_QUIC   4
+#define IL_SRC_HTTP   5
+
+#define IL_VERDICT_PASS  0
+#define IL_VERDICT_BLOCK 1
+
+/* dscp value meaning "leave the packet's DSCP as it is". */
+#define IL_DSCP_KEEP 0xff
+
+/* il_flow.flags */
+#define IL_FLOW_F_FRAGMENTS 0x01 /* carried IP fragments */
+
+struct il_flow {
+	__u64 first_ns;     /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the first packet */
+	__u64 last_ns;      /* of the latest packet, either direction */
+	__u64 up_packets;
+	__u64 up_bytes;     /* IP bytes (IP header included, L2 excluded), as NetFlow counts */
+	__u64 down_packets;
+	__u64 down_bytes;
+	/* The verdict: written when the flow is created, later only by userspace
+	 * classifiers. Treatment is copied from the class so that a rule reload never
+	 * changes what an existing flow gets. */
+	__u32 rule_id;      /* index + 1 of the matching config rule; 0 none */
+	__u32 mark;         /* skb->mark bits (IL_MARK_*), 0 when unclassified */
+	__u32 priority;     /* skb->priority (TC_H_MAKE(IL_QDISC_MAJOR, queue)), 0 none */
+	__u16 provider_id;  /* 0 unknown */
+	__u8 class_id;      /* index + 1 of the config class; 0 unclassified */
+	__u8 verdict;       /* IL_VERDICT_* */
+	__u8 dscp;          /* DSCP to write on this flow's packets, or IL_DSCP_KEEP */
+	__u8 source;        /* IL_SRC_* */
+	__u8 dscp_seen;     /* DSCP of the first upload packet as the client sent it */
+	__u8 tcp_flags_up;  /* OR of TCP flags, each direction */
+	__u8 tcp_flags_down;
+	__u8 flags;         /* IL_FLOW_F_* */
+	__u8 uplink;        /* uplink index + 1; 0 main table */
+	__u8 pad0;
+	__u32 ifindex;      /* LAN interface of the first packet */
+	__u32 pad1;
+	/* Room for handshake and first-byte timing (later issues). */
+	__u64 syn_ns;
+	__u64 synack_ns;
+	__u64 first_up_payload_ns;
+	__u64 first_down_payload_ns;
+};
+
+/* Flow-table statistics (per-CPU array, one entry). Evictions by the LRU are not
+ * reported by the kernel; userspace derives them: created - deleted - live. */
+struct il_flow_stats {
+	__u64 created;        /* new entries inserted by lan_ingress */
+	__u64 create_failed;  /* insert failed: the flow is passed uncounted */
+	__u64 frag_first;     /* first fragments remembered for their ports */
+	__u64 frag_nonfirst;  /* later fragments matched to their first */
+	__u64 frag_orphan;    /* later fragments whose first was never seen: ports 0 */
+	__u64 blocked;        /* packets dropped for IL_VERDICT_BLOCK flows */
+	__u64 dscp_rewritten; /* packets whose DSCP was changed */
+	__u64 download_unmatched; /* download packets with no flow (not from a client flow) */
+};
+
+/* IP fragments: the first fragment's ports, for the fragments after it. */
+struct il_frag_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 id;    /* IPv4 identification (16 bits) or IPv6 fragment id */
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct il_frag_ports {
+	__u16 sport;
+	__u16 dport;
+	__u32 pad;
+};
+
+/* ---- skb->mark and skb->priority ------------------------------------------ */
+
+/*
+ * skb->mark layout, the one place it is defined (policy routing and qdisc code
+ * read the same bits). Only IL_MARK_MASK is ours; the other bits of an existing
+ * mark are preserved, so firewall marks keep working.
+ *   bit  28     set on every packet of a classified flow ("inferlane marked")
+ *   bits 29-30  queue: 1 high, 2 normal, 3 low             -> skb->priority at WAN egress
+ *   bits 24-27  uplink index + 1 (0: main table)           -> fwmark rules select the table
+ *   bits 16-23  class index + 1 (0: unclassified)
+ * The queue rides in the mark because IPv4 forwarding resets skb->priority
+ * (ip_forward: skb->priority = rt_tos2priority(tos)); the mark survives, and
+ * wan_egress turns it back into the priority right before the uplink's qdisc.
+ */
+#define IL_MARK_MASK          0x7fff0000u
+#define IL_MARK_CLASSIFIED    0x10000000u
+#define IL_MARK_QUEUE_SHIFT   29
+#define IL_MARK_QUEUE_MASK    0x60000000u
+#define IL_MARK_UPLINK_SHIFT  24
+#define IL_MARK_UPLINK_MASK   0x0f000000u
+#define IL_MARK_CLASS_SHIFT   16
+#define IL_MARK_CLASS_MASK    0x00ff0000u
+
+/* skb->priority selects the HTB class directly: major = the qdisc handle
+ * inferlane gives its uplink root qdiscs, minor = the queue (code << 4). */
+#define IL_QDISC_MAJOR 0x1a1
+#define IL_QUEUE_HIGH   0x10
+#define IL_QUEUE_NORMAL 0x20
+#define IL_QUEUE_LOW    0x30
+
+/* ---- Rules (compiled by userspace from the config) ---------------------------- */
+
+#define IL_MAX_PORT_RANGES 8  /* per rule; validate() refuses more */
+#define IL_MAX_CANDIDATES 16  /* rules that can apply to one destination */
+
+struct il_port_range {
+	__u16 first; /* host byte order */
+	__u16 last;
+	__u8 proto;  /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad[3];
+};
+
+#define IL_RULE_F_CLIENTS   0x1 /* match the client against client_prefixes */
+#define IL_RULE_F_PORTS     0x2 /* match (proto, remote port) against ports[] */
+#define IL_RULE_F_PROVIDERS 0x4 /* needs a provider verdict (DNS/SNI): not static */
+
+#define IL_ACTION_CLASSIFY 0
+#define IL_ACTION_BLOCK    1
+
+struct il_rule {
+	__u32 flags;    /* IL_RULE_F_* */
+	__u32 mark;     /* copied into the flow (class and uplink bits) */
+	__u32 priority; /* copied into the flow */
+	__u8 action;    /* IL_ACTION_* */
+	__u8 class_id;  /* class index + 1 (0 for block) */
+	__u8 dscp;      /* DSCP of the class, or IL_DSCP_KEEP */
+	__u8 uplink;    /* uplink index + 1, 0 main table */
+	__u8 n_ports;
+	__u8 pad[3];
+	struct il_port_range ports[IL_MAX_PORT_RANGES];
+};
+
+/* LPM key for destination prefixes (IPv4 mapped, prefixlen counted in the
+ * 128-bit address: an IPv4 /24 is 96 + 24). */
+struct il_lpm_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* Value of the destination trie: the rules that can apply to addresses whose
+ * longest matching prefix is this one, in config order. Userspace puts there
+ * every rule with a prefix on this prefix's chain (prefixes containing an address
+ * are nested, so longest match + ancestors is all of them) and every rule without
+ * destinations. ::/0 holds the destination-less rules for everything else. */
+struct il_candidates {
+	__u32 n;
+	__u32 rule[IL_MAX_CANDIDATES]; /* indexes into the rules array */
+};
+
+/* LPM key for client prefixes: the rule index (big endian, so the trie matches it
+ * first) then the address; prefixlen = 32 + 96/0 + prefix length. */
+struct il_client_key {
+	__u32 prefixlen;
+	__u32 rule_be;
+	__u8 addr[16];
+};
+
+/* Daemon-controlled knobs (array, one entry): rule changes are map writes and a
+ * flip of rule_set, never a program reload. */
+struct il_settings {
+	__u32 rule_set; /* 0 or 1: which copy of the rule maps is live */
+	__u32 enforce;  /* 1 enforce, 0 observe (classify and count, change nothing) */
+	__u32 n_rules;  /* rules in the live set */
+	__u32 pad;
+};
+
+/* XDP metadata handed from lan_ingress (XDP) to lan_ingress_tc in front of the
+ * packet, so the TC hook sets mark and priority without a second flow lookup. */
+#define IL_META_MAGIC 0x494c4d31u /* "ILM1" */
+struct il_meta {
+	__u32 magic;
+	__u32 mark;
+	__u32 priority;
+	__u32 pad;
 };
 
 #endif

@@ -1,23 +1,29 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
 /*
  * lan_egress (TC, egress of each LAN interface): every frame the router sends to
- * a LAN client. Today it parses L2/L3 and counts the download direction. It never
- * changes the verdict: TC_ACT_UNSPEC lets the next program or the qdisc decide.
+ * a LAN client. Counts the interface, and matches replies to their flow by the
+ * reversed tuple to count the download in the same entry. It never changes the
+ * verdict: TC_ACT_UNSPEC lets the next program or the qdisc decide.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include "inferlane_count.h"
+#include "inferlane_flow.h"
 
-/* Ethernet + two VLAN tags + IPv6 fixed header: all the parser reads. */
-#define IL_PARSE_LEN (14 + 2 * 4 + 40)
+/* Enough for Ethernet, two VLAN tags, IPv6 with a few extension headers and TCP. */
+#define IL_PARSE_LEN 160
 
 SEC("classifier")
 int lan_egress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	struct il_flow_key key;
+	struct il_flow *flow;
 	struct il_pkt pkt;
+	__u32 segs;
+	__u64 bytes;
 	int err;
 
 	/* Headers usually sit in the linear part; pull only when they do not. */
@@ -27,7 +33,29 @@ int lan_egress(struct __sk_buff *skb)
 		data_end = (void *)(long)skb->data_end;
 	}
 	err = il_parse_l2_l3(data, data_end, &pkt);
+	if (!err && pkt.kind != IL_L3_OTHER)
+		err = il_parse_ip(data_end, &pkt);
 	il_count(skb->ifindex, IL_DIR_DOWNLOAD, skb->len, &pkt, err);
+	if (err || pkt.kind == IL_L3_OTHER)
+		return TC_ACT_UNSPEC;
+
+	il_frag_resolve(&pkt);
+	il_key_download(&pkt, &key);
+	flow = bpf_map_lookup_elem(&flows, &key);
+	if (!flow) {
+		IL_STAT_INC(download_unmatched);
+		return TC_ACT_UNSPEC;
+	}
+	/* A GSO packet stands for gso_segs packets on the wire, each with its own
+	 * IP and transport headers: count what the client will receive. */
+	segs = skb->gso_segs ? skb->gso_segs : 1;
+	bytes = skb->len - pkt.l3_off + (__u64)(segs - 1) * (pkt.l3_hdr_len + pkt.l4_hdr_len);
+	__sync_fetch_and_add(&flow->down_packets, segs);
+	__sync_fetch_and_add(&flow->down_bytes, bytes);
+	flow->last_ns = bpf_ktime_get_ns();
+	flow->tcp_flags_down |= pkt.tcp_flags;
+	if (pkt.frag != IL_FRAG_NONE)
+		flow->flags |= IL_FLOW_F_FRAGMENTS;
 	return TC_ACT_UNSPEC;
 }
 

@@ -1,5 +1,6 @@
-//! `inferlane run`: attach the datapath to the LAN interfaces, serve the control
-//! socket, wait for a signal, tear everything down in reverse order.
+//! `inferlane run`: load the datapath, install the compiled rules, attach to the
+//! LAN interfaces, serve the control socket, apply reloads, and on a signal tear
+//! everything down in reverse order.
 //!
 //! The daemon never sits in the packet path: if it dies, the kernel drops its
 //! links and forwarding carries on untouched (fail open).
@@ -11,15 +12,20 @@ use std::time::Instant;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::bpf::{BpfError, Datapath};
-use crate::config::{self, Config, Mode};
+use crate::bpf::maps::RuleMaps;
+use crate::bpf::{BpfError, Datapath, LoadOptions};
+use crate::classify::compile::{self, CompiledRules};
+use crate::config::{self, Config, ConfigErrors, Mode, PathSeg};
 use crate::control::server::{ControlSocket, Handler};
-use crate::control::{ControlError, InterfaceStatus, Request, Response, Status};
+use crate::control::{
+    flows::FlowInfo, ControlError, FlowTableStatus, InterfaceStatus, ReloadResult, Request, Response, RulesStatus,
+    Status,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
-    Config(config::ConfigErrors),
+    Config(ConfigErrors),
     #[error("enter network namespace {name}: {reason}")]
     Netns { name: String, reason: String },
     #[error("start runtime: {0}")]
@@ -31,7 +37,7 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("teardown: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    #[error("teardown: {}", .0.join("; "))]
     Teardown(Vec<String>),
 }
 
@@ -39,6 +45,36 @@ impl From<BpfError> for DaemonError {
     fn from(e: BpfError) -> Self {
         DaemonError::Bpf(Box::new(e))
     }
+}
+
+/// A config that passed every check `run` would make: parsed, validated, and its
+/// rules compiled within the datapath's limits. `inferlane check`, `run` and reload
+/// all go through [`prepare`], so what `check` accepts, `run` accepts.
+pub struct Prepared {
+    pub config: Config,
+    pub rules: CompiledRules,
+}
+
+pub fn prepare(path: &Path) -> Result<Prepared, ConfigErrors> {
+    let (config, source) = config::load_with_source(path)?;
+    let rules = compile::compile(&config).map_err(|errors| {
+        ConfigErrors(
+            errors
+                .into_iter()
+                .map(|e| {
+                    let mut at = vec![PathSeg::Key("rules"), PathSeg::Index(e.rule)];
+                    if let Some(field) = e.field {
+                        at.push(PathSeg::Key(field));
+                        if let Some(item) = e.item {
+                            at.push(PathSeg::Index(item));
+                        }
+                    }
+                    source.error_at(&at, e.message)
+                })
+                .collect(),
+        )
+    })?;
+    Ok(Prepared { config, rules })
 }
 
 pub struct RunOptions {
@@ -50,7 +86,7 @@ pub struct RunOptions {
 }
 
 pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
-    let config = config::load(&opts.config).map_err(DaemonError::Config)?;
+    let prepared = prepare(&opts.config).map_err(DaemonError::Config)?;
     if let Some(name) = &opts.netns {
         enter_netns(name)?;
     }
@@ -60,7 +96,7 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    runtime.block_on(serve(config, opts.config))
+    runtime.block_on(serve(prepared, opts.config))
 }
 
 /// setns() affects only the calling thread, so it must happen before the runtime
@@ -74,28 +110,49 @@ fn enter_netns(name: &str) -> Result<(), DaemonError> {
     nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| err(e.to_string()))
 }
 
+/// What the control handlers and the reload path share.
 struct State {
     datapath: Mutex<Datapath>,
-    mode: Mode,
-    config_path: String,
+    live: Mutex<Live>,
+    config_path: PathBuf,
     started: Instant,
+}
+
+/// The config in force and the reload history.
+struct Live {
+    config: Config,
+    rules: compile::Summary,
+    generation: u64,
+    reloads: u64,
+    reload_failures: u64,
+    last_reload_error: Option<String>,
 }
 
 impl Handler for State {
     fn handle(&self, req: Request) -> Response {
-        match req {
-            Request::Status => match self.status() {
-                Ok(s) => Response::Status(s),
-                Err(e) => Response::Error { message: e.to_string() },
-            },
-        }
+        let result = match req {
+            Request::Status => self.status().map(Response::Status),
+            Request::Flows => self.flows().map(|flows| Response::Flows { flows }),
+            Request::Reload => Ok(Response::Reload(self.reload())),
+        };
+        result.unwrap_or_else(|e| Response::Error { message: e.to_string() })
     }
 }
 
 impl State {
+    fn datapath(&self) -> std::sync::MutexGuard<'_, Datapath> {
+        self.datapath.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn status(&self) -> Result<Status, BpfError> {
-        let dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        let dp = self.datapath();
         let counters = dp.counters()?;
+        let stats = dp.flow_stats()?;
+        let live_flows = dp.flows()?.len() as u64;
         let interfaces = dp
             .attachments()
             .into_iter()
@@ -106,33 +163,101 @@ impl State {
                     ifindex: a.ifindex,
                     xdp: a.xdp,
                     tc: a.tc,
-                    xdp_prog_id: a.xdp_prog_id,
-                    tc_prog_id: a.tc_prog_id,
+                    prog_ids: a.prog_ids,
                     upload: c.upload,
                     download: c.download,
                 }
             })
             .collect();
+        let live = self.live();
         Ok(Status {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
-            mode: mode_name(self.mode).into(),
-            config: self.config_path.clone(),
+            mode: mode_name(live.config.daemon.mode).into(),
+            config: self.config_path.display().to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             interfaces,
+            flow_table: FlowTableStatus {
+                size: dp.flow_table_size(),
+                live: live_flows,
+                // The LRU evicts silently; everything created and not live any
+                // more was evicted, as the daemon deletes no flows (yet).
+                evicted: stats.created.saturating_sub(live_flows),
+                stats,
+            },
+            rules: RulesStatus {
+                rules: live.rules.rules,
+                destination_prefixes: live.rules.destination_prefixes,
+                client_prefixes: live.rules.client_prefixes,
+                provider_rules: live.rules.provider_rules,
+                generation: live.generation,
+                reloads: live.reloads,
+                reload_failures: live.reload_failures,
+                last_reload_error: live.last_reload_error.clone(),
+            },
         })
+    }
+
+    fn flows(&self) -> Result<Vec<FlowInfo>, BpfError> {
+        let flows = self.datapath().flows()?;
+        let now = monotonic_ns();
+        let live = self.live();
+        let ifnames: Vec<(u32, String)> =
+            self.datapath().attachments().into_iter().map(|a| (a.ifindex, a.iface)).collect();
+        Ok(flows.iter().map(|(k, f)| FlowInfo::from_entry(k, f, now, &live.config, &ifnames)).collect())
+    }
+
+    /// Re-read the config file and apply it atomically, or refuse it and keep the
+    /// running one. Settings that cannot change without a restart are refused too.
+    fn reload(&self) -> ReloadResult {
+        let result = prepare(&self.config_path).map_err(|e| e.to_string()).and_then(|p| {
+            let mut live = self.live();
+            restart_only_changes(&live.config, &p.config)?;
+            let maps = RuleMaps { rules: &p.rules.rules, destinations: &p.rules.destinations, clients: &p.rules.clients };
+            self.datapath()
+                .install(&maps, p.config.daemon.mode == Mode::Enforce)
+                .map_err(|e| format!("install rules: {e}; the previous rules stay in force"))?;
+            live.config = p.config;
+            live.rules = p.rules.summary;
+            live.generation += 1;
+            live.reloads += 1;
+            live.last_reload_error = None;
+            Ok(live.generation)
+        });
+        match result {
+            Ok(generation) => {
+                tracing::info!(generation, "reload applied");
+                ReloadResult { applied: true, generation, message: "applied".into() }
+            }
+            Err(message) => {
+                let mut live = self.live();
+                live.reload_failures += 1;
+                live.last_reload_error = Some(message.clone());
+                tracing::error!(error = %message, "reload refused; the running config stays");
+                ReloadResult { applied: false, generation: live.generation, message }
+            }
+        }
     }
 }
 
-/// Load the programs and attach them to every LAN interface. On error the
-/// partly attached datapath is dropped, which detaches it: nothing half-applied.
-fn attach_all(config: &Config) -> Result<Datapath, DaemonError> {
-    let mut datapath = Datapath::load()?;
-    for iface in &config.lan.interfaces {
-        let a = datapath.attach(iface)?;
-        tracing::info!(iface = %a.iface, ifindex = a.ifindex, xdp = ?a.xdp, tc = ?a.tc, "attached");
+/// Settings a reload cannot apply: they would need programs re-attached, the flow
+/// table resized or the socket moved. Refusing the whole reload keeps it atomic.
+fn restart_only_changes(old: &Config, new: &Config) -> Result<(), String> {
+    let mut changed = Vec::new();
+    if old.lan.interfaces != new.lan.interfaces {
+        changed.push("lan.interfaces");
     }
-    Ok(datapath)
+    if old.daemon.flow_table_size != new.daemon.flow_table_size {
+        changed.push("daemon.flow_table_size");
+    }
+    if old.daemon.control_socket != new.daemon.control_socket {
+        changed.push("daemon.control_socket");
+    }
+    if changed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} changed: these need a restart (systemctl restart inferlane)", changed.join(", ")))
+    }
 }
 
 pub fn mode_name(mode: Mode) -> &'static str {
@@ -142,7 +267,40 @@ pub fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-async fn serve(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
+/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns().
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always there");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// Load the programs, install the rules and attach them to every LAN interface.
+/// On error the partly attached datapath is dropped, which detaches it: nothing
+/// half-applied.
+fn start_datapath(p: &Prepared) -> Result<Datapath, DaemonError> {
+    let mut datapath = Datapath::load_with(LoadOptions { flow_table_size: p.config.daemon.flow_table_size })?;
+    // Rules before attaching: the first packet of every flow is classified.
+    let maps = RuleMaps { rules: &p.rules.rules, destinations: &p.rules.destinations, clients: &p.rules.clients };
+    datapath.install(&maps, p.config.daemon.mode == Mode::Enforce)?;
+    for iface in &p.config.lan.interfaces {
+        let a = datapath.attach(iface)?;
+        tracing::info!(iface = %a.iface, ifindex = a.ifindex, xdp = ?a.xdp, tc = ?a.tc, "attached");
+    }
+    for uplink in &p.config.uplinks {
+        match datapath.attach_uplink(&uplink.interface) {
+            Ok(a) => tracing::info!(uplink = %uplink.name, iface = %a.iface, tc = ?a.tc, "attached wan_egress"),
+            // An LTE modem may not be there at boot: an absent uplink is down, not a
+            // config error. Its queues get no priorities until it is (uplink watch,
+            // a later issue, attaches when it appears).
+            Err(BpfError::NoInterface { iface }) => {
+                tracing::warn!(uplink = %uplink.name, iface, "uplink interface absent; wan_egress not attached")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(datapath)
+}
+
+async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonError> {
     // Signal handlers first: a SIGTERM that arrives while we attach must still
     // lead to a clean teardown, not to the default action.
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -151,8 +309,8 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), DaemonError> 
 
     // The control socket first: it is also the single-instance lock, so a second
     // daemon is refused before it touches any kernel object of the first.
-    let mut socket = ControlSocket::bind(&config.daemon.control_socket)?;
-    let datapath = match attach_all(&config) {
+    let mut socket = ControlSocket::bind(&prepared.config.daemon.control_socket)?;
+    let datapath = match start_datapath(&prepared) {
         Ok(dp) => dp,
         Err(e) => {
             if let Err(re) = socket.remove() {
@@ -161,10 +319,27 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), DaemonError> 
             return Err(e);
         }
     };
+    let summary = prepared.rules.summary;
+    tracing::info!(
+        rules = summary.rules,
+        destination_prefixes = summary.destination_prefixes,
+        client_prefixes = summary.client_prefixes,
+        provider_rules = summary.provider_rules,
+        "rules installed"
+    );
+    let mode = prepared.config.daemon.mode;
+    let socket_path = prepared.config.daemon.control_socket.clone();
     let state = Arc::new(State {
         datapath: Mutex::new(datapath),
-        mode: config.daemon.mode,
-        config_path: config_path.display().to_string(),
+        live: Mutex::new(Live {
+            config: prepared.config,
+            rules: summary,
+            generation: 1,
+            reloads: 0,
+            reload_failures: 0,
+            last_reload_error: None,
+        }),
+        config_path,
         started: Instant::now(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -174,21 +349,21 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), DaemonError> 
         socket
     });
 
-    // Readiness: programs attached, control socket answering.
+    // Readiness: programs attached, rules installed, control socket answering.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tracing::info!(mode = mode_name(config.daemon.mode), socket = %config.daemon.control_socket.display(), "ready");
+    tracing::info!(mode = mode_name(mode), socket = %socket_path.display(), "ready");
 
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => {
-                // Applying a new config without a restart arrives with the rule maps
-                // (issue 3). Until then: check it, say so, keep running unchanged.
-                match config::load(&config_path) {
-                    Ok(_) => tracing::warn!("SIGHUP: config is valid, but live reload is not implemented yet; restart to apply"),
-                    Err(e) => tracing::error!(errors = %e, "SIGHUP: config is invalid; keeping the running one"),
-                }
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                let st = state.clone();
+                // The reload does blocking map syscalls; keep them off the runtime.
+                let _ = tokio::task::spawn_blocking(move || st.reload()).await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             }
         }
     }

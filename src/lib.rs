@@ -4,5 +4,6 @@
 pub mod config;
 pub mod lab;
 pub mod bpf;
+pub mod classify;
 pub mod control;
 pub mod daemon;

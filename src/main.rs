@@ -40,6 +40,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the live flows, busiest first.
+    Flows {
+        #[command(flatten)]
+        target: SocketArgs,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running daemon re-read its config (as SIGHUP does); exit 1 if refused.
+    Reload {
+        #[command(flatten)]
+        target: SocketArgs,
+    },
     /// Build a namespace lab, run the daemon in it, drive traffic, report, tear down.
     Lab {
         /// Seconds of traffic per test.
@@ -78,7 +91,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Check { config } => match inferlane::config::load(&config) {
+        Command::Check { config } => match inferlane::daemon::prepare(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
@@ -115,14 +128,41 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Ok(other) => {
-                    eprintln!("inferlane: unexpected answer from the daemon: {other:?}");
+                other => unexpected(other),
+            }
+        }
+        Command::Flows { target, json } => {
+            let path = match target.resolve() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match control::client::request(&path, &Request::Flows) {
+                Ok(Response::Flows { flows }) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&flows).expect("flows serialise"));
+                    } else {
+                        print!("{}", control::flows::render(&flows));
+                    }
+                    ExitCode::SUCCESS
+                }
+                other => unexpected(other),
+            }
+        }
+        Command::Reload { target } => {
+            let path = match target.resolve() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match control::client::request(&path, &Request::Reload) {
+                Ok(Response::Reload(r)) if r.applied => {
+                    println!("reloaded: generation {}", r.generation);
+                    ExitCode::SUCCESS
+                }
+                Ok(Response::Reload(r)) => {
+                    eprintln!("inferlane: reload refused, generation {} stays in force:\n{}", r.generation, r.message);
                     ExitCode::FAILURE
                 }
-                Err(e) => {
-                    eprintln!("inferlane: {e}");
-                    ExitCode::FAILURE
-                }
+                other => unexpected(other),
             }
         }
         Command::Lab { seconds } => {
@@ -153,6 +193,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn unexpected(answer: Result<Response, control::ControlError>) -> ExitCode {
+    match answer {
+        Ok(other) => eprintln!("inferlane: unexpected answer from the daemon: {other:?}"),
+        Err(e) => eprintln!("inferlane: {e}"),
+    }
+    ExitCode::FAILURE
 }
 
 /// The error and its sources, each added only when the message does not already

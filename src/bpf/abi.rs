@@ -27,14 +27,6 @@ pub struct Counters {
     pub malformed: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<IfKey>() == 8);
-const _: () = assert!(std::mem::size_of::<Counters>() == 56);
-
-// SAFETY: plain old data, every bit pattern valid, no padding (checked above).
-unsafe impl aya::Pod for IfKey {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Counters {}
-
 impl Counters {
     /// Sum of the per-CPU copies the kernel keeps.
     pub fn add(&mut self, other: &Counters) {
@@ -45,5 +37,216 @@ impl Counters {
         self.other += other.other;
         self.vlan += other.vlan;
         self.malformed += other.malformed;
+    }
+}
+
+/// `struct il_flow_key`: addresses IPv6 or IPv4-mapped, ports in network byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client: [u8; 16],
+    pub remote: [u8; 16],
+    pub client_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: u16,
+}
+
+pub const SRC_NONE: u8 = 0;
+pub const SRC_STATIC: u8 = 1;
+pub const SRC_DNS: u8 = 2;
+pub const SRC_SNI: u8 = 3;
+pub const SRC_QUIC: u8 = 4;
+pub const SRC_HTTP: u8 = 5;
+
+pub const VERDICT_PASS: u8 = 0;
+pub const VERDICT_BLOCK: u8 = 1;
+
+/// DSCP value meaning "leave the packet's DSCP as it is".
+pub const DSCP_KEEP: u8 = 0xff;
+
+pub const FLOW_F_FRAGMENTS: u8 = 0x01;
+
+/// `struct il_flow`
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub up_packets: u64,
+    pub up_bytes: u64,
+    pub down_packets: u64,
+    pub down_bytes: u64,
+    pub rule_id: u32,
+    pub mark: u32,
+    pub priority: u32,
+    pub provider_id: u16,
+    pub class_id: u8,
+    pub verdict: u8,
+    pub dscp: u8,
+    pub source: u8,
+    pub dscp_seen: u8,
+    pub tcp_flags_up: u8,
+    pub tcp_flags_down: u8,
+    pub flags: u8,
+    pub uplink: u8,
+    pub pad0: u8,
+    pub ifindex: u32,
+    pub pad1: u32,
+    pub syn_ns: u64,
+    pub synack_ns: u64,
+    pub first_up_payload_ns: u64,
+    pub first_down_payload_ns: u64,
+}
+
+/// `struct il_flow_stats` (per CPU).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FlowStats {
+    pub created: u64,
+    pub create_failed: u64,
+    pub frag_first: u64,
+    pub frag_nonfirst: u64,
+    pub frag_orphan: u64,
+    pub blocked: u64,
+    pub dscp_rewritten: u64,
+    pub download_unmatched: u64,
+}
+
+impl FlowStats {
+    pub fn add(&mut self, o: &FlowStats) {
+        self.created += o.created;
+        self.create_failed += o.create_failed;
+        self.frag_first += o.frag_first;
+        self.frag_nonfirst += o.frag_nonfirst;
+        self.frag_orphan += o.frag_orphan;
+        self.blocked += o.blocked;
+        self.dscp_rewritten += o.dscp_rewritten;
+        self.download_unmatched += o.download_unmatched;
+    }
+}
+
+// skb->mark layout: see ebpf/inferlane_structs.h, the one place it is defined.
+pub const MARK_MASK: u32 = 0x7fff_0000;
+pub const MARK_CLASSIFIED: u32 = 0x1000_0000;
+pub const MARK_QUEUE_SHIFT: u32 = 29;
+pub const MARK_QUEUE_MASK: u32 = 0x6000_0000;
+pub const MARK_UPLINK_SHIFT: u32 = 24;
+pub const MARK_UPLINK_MASK: u32 = 0x0f00_0000;
+pub const MARK_CLASS_SHIFT: u32 = 16;
+pub const MARK_CLASS_MASK: u32 = 0x00ff_0000;
+
+/// skb->priority major: the handle of inferlane's uplink root qdiscs.
+pub const QDISC_MAJOR: u32 = 0x1a1;
+pub const QUEUE_HIGH: u32 = 0x10;
+pub const QUEUE_NORMAL: u32 = 0x20;
+pub const QUEUE_LOW: u32 = 0x30;
+
+pub const MAX_PORT_RANGES: usize = 8;
+pub const MAX_CANDIDATES: usize = 16;
+
+/// `struct il_port_range`: ports in host byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+pub const RULE_F_CLIENTS: u32 = 0x1;
+pub const RULE_F_PORTS: u32 = 0x2;
+pub const RULE_F_PROVIDERS: u32 = 0x4;
+
+pub const ACTION_CLASSIFY: u8 = 0;
+pub const ACTION_BLOCK: u8 = 1;
+
+/// `struct il_rule`
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub flags: u32,
+    pub mark: u32,
+    pub priority: u32,
+    pub action: u8,
+    pub class_id: u8,
+    pub dscp: u8,
+    pub uplink: u8,
+    pub n_ports: u8,
+    pub pad: [u8; 3],
+    pub ports: [PortRange; MAX_PORT_RANGES],
+}
+
+/// `struct il_candidates`: rule indexes in config order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Candidates {
+    pub n: u32,
+    pub rule: [u32; MAX_CANDIDATES],
+}
+
+/// Data part of `struct il_client_key` (after prefixlen): rule index (big endian), address.
+pub type ClientKeyData = [u8; 20];
+
+/// `struct il_settings`
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub rule_set: u32,
+    pub enforce: u32,
+    pub n_rules: u32,
+    pub pad: u32,
+}
+
+/// `struct il_frag_key`
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+const _: () = assert!(std::mem::size_of::<IfKey>() == 8);
+const _: () = assert!(std::mem::size_of::<Counters>() == 56);
+const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(std::mem::size_of::<Flow>() == 112);
+const _: () = assert!(std::mem::size_of::<FlowStats>() == 64);
+const _: () = assert!(std::mem::size_of::<PortRange>() == 8);
+const _: () = assert!(std::mem::size_of::<Rule>() == 20 + 8 * MAX_PORT_RANGES);
+const _: () = assert!(std::mem::size_of::<Candidates>() == 4 + 4 * MAX_CANDIDATES);
+const _: () = assert!(std::mem::size_of::<Settings>() == 16);
+const _: () = assert!(std::mem::size_of::<FragKey>() == 40);
+
+// SAFETY (all below): plain old data, every bit pattern valid, padding written out
+// as named fields (checked by the size assertions above).
+unsafe impl aya::Pod for IfKey {}
+unsafe impl aya::Pod for Counters {}
+unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for Flow {}
+unsafe impl aya::Pod for FlowStats {}
+unsafe impl aya::Pod for Rule {}
+unsafe impl aya::Pod for Candidates {}
+unsafe impl aya::Pod for Settings {}
+unsafe impl aya::Pod for FragKey {}
+
+/// An address as the datapath keys it: IPv6, or IPv4 mapped to ::ffff:a.b.c.d.
+pub fn addr_bytes(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The inverse of [`addr_bytes`], using the key's family to tell them apart.
+pub fn addr_from_bytes(bytes: [u8; 16], family: u8) -> std::net::IpAddr {
+    let v6 = std::net::Ipv6Addr::from(bytes);
+    match (family, v6.to_ipv4_mapped()) {
+        (4, Some(v4)) => std::net::IpAddr::V4(v4),
+        _ => std::net::IpAddr::V6(v6),
     }
 }

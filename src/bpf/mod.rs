@@ -4,6 +4,7 @@
 
 pub mod abi;
 mod clsact;
+pub mod maps;
 
 use std::collections::BTreeMap;
 
@@ -18,9 +19,15 @@ use abi::{Counters, IfKey, DIR_DOWNLOAD, DIR_UPLOAD};
 /// Every program in ebpf/, compiled and linked by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inferlane.bpf.o"));
 
-const PROG_LAN_INGRESS: &str = "lan_ingress";
-const PROG_LAN_EGRESS: &str = "lan_egress";
+pub const PROG_LAN_INGRESS: &str = "lan_ingress";
+pub const PROG_LAN_INGRESS_TC: &str = "lan_ingress_tc";
+pub const PROG_LAN_EGRESS: &str = "lan_egress";
+pub const PROG_WAN_EGRESS: &str = "wan_egress";
 const MAP_IF_COUNTERS: &str = "if_counters";
+const MAP_FLOWS: &str = "flows";
+
+/// Default flow table size (entries), as DESIGN.md and the config document.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -42,6 +49,20 @@ pub enum BpfError {
     Map { map: &'static str, source: aya::maps::MapError },
     #[error("{op} clsact qdisc on {iface}: {reason}")]
     Clsact { op: &'static str, iface: String, reason: String },
+    #[error("rules: {0}")]
+    Rules(String),
+}
+
+/// What the loader needs from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub flow_table_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { flow_table_size: DEFAULT_FLOW_TABLE_SIZE }
+    }
 }
 
 /// How the XDP program ended up attached: native (driver) where the NIC supports
@@ -76,7 +97,7 @@ impl TcAttachMode {
     }
 }
 
-/// One LAN interface with both programs attached.
+/// One LAN interface with the three programs attached.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Attachment {
     pub iface: String,
@@ -86,14 +107,42 @@ pub struct Attachment {
     /// Whether we added the clsact qdisc (netlink mode only): only then do we remove it.
     pub clsact_created: bool,
     /// Kernel ids of the loaded programs (`bpftool prog show id N`).
-    pub xdp_prog_id: u32,
-    pub tc_prog_id: u32,
+    pub prog_ids: ProgIds,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgIds {
+    pub lan_ingress: u32,
+    pub lan_ingress_tc: u32,
+    pub lan_egress: u32,
+}
+
+impl ProgIds {
+    pub fn all(&self) -> [u32; 3] {
+        [self.lan_ingress, self.lan_ingress_tc, self.lan_egress]
+    }
+}
+
+/// An uplink interface with wan_egress attached.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UplinkAttachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub tc: TcAttachMode,
+    pub clsact_created: bool,
+    pub prog_id: u32,
+}
+
+struct UplinkAttached {
+    info: UplinkAttachment,
+    link: aya::programs::tc::SchedClassifierLinkId,
 }
 
 struct Attached {
     info: Attachment,
     xdp_link: aya::programs::xdp::XdpLinkId,
-    tc_link: aya::programs::tc::SchedClassifierLinkId,
+    tc_ingress_link: aya::programs::tc::SchedClassifierLinkId,
+    tc_egress_link: aya::programs::tc::SchedClassifierLinkId,
 }
 
 /// Per-direction counters of one LAN interface, summed over CPUs.
@@ -104,32 +153,53 @@ pub struct IfCounters {
 }
 
 pub struct Datapath {
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
     attached: Vec<Attached>,
+    uplinks: Vec<UplinkAttached>,
     tc_mode: TcAttachMode,
+    flow_table_size: u32,
 }
 
 impl Datapath {
-    /// Load (verify) every program and create the maps. Nothing is attached yet.
+    /// Load with default sizes (tests, benchmarks).
     pub fn load() -> Result<Self, BpfError> {
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// Load (verify) every program and create the maps. Nothing is attached yet;
+    /// no rules are installed and the mode is observe until [`Datapath::configure`].
+    pub fn load_with(opts: LoadOptions) -> Result<Self, BpfError> {
         raise_memlock_rlimit();
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(BpfError::Load)?;
-        {
-            let xdp: &mut Xdp = program_mut(&mut ebpf, PROG_LAN_INGRESS)?;
-            xdp.load().map_err(|source| BpfError::LoadProgram { program: PROG_LAN_INGRESS, source })?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_FLOWS, opts.flow_table_size)
+            .load(OBJECT)
+            .map_err(BpfError::Load)?;
+        program_mut::<Xdp>(&mut ebpf, PROG_LAN_INGRESS)?
+            .load()
+            .map_err(|source| BpfError::LoadProgram { program: PROG_LAN_INGRESS, source })?;
+        for name in [PROG_LAN_INGRESS_TC, PROG_LAN_EGRESS, PROG_WAN_EGRESS] {
+            program_mut::<SchedClassifier>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| BpfError::LoadProgram { program: name, source })?;
         }
-        {
-            let tc: &mut SchedClassifier = program_mut(&mut ebpf, PROG_LAN_EGRESS)?;
-            tc.load().map_err(|source| BpfError::LoadProgram { program: PROG_LAN_EGRESS, source })?;
-        }
-        let mut dp = Datapath { ebpf, attached: Vec::new(), tc_mode: TcAttachMode::for_this_kernel() };
+        let mut dp = Datapath {
+            ebpf,
+            attached: Vec::new(),
+            uplinks: Vec::new(),
+            tc_mode: TcAttachMode::for_this_kernel(),
+            flow_table_size: opts.flow_table_size,
+        };
         // Slot 0 catches packets from interfaces nobody registered (see inferlane_count.h).
         dp.register_counters(0)?;
         Ok(dp)
     }
 
-    /// Attach lan_ingress (XDP) and lan_egress (TC egress) to `iface`. On failure
-    /// nothing of this interface stays attached.
+    pub fn flow_table_size(&self) -> u32 {
+        self.flow_table_size
+    }
+
+    /// Attach lan_ingress (XDP), lan_ingress_tc (TC ingress) and lan_egress (TC
+    /// egress) to `iface`. On failure nothing of this interface stays attached.
     pub fn attach(&mut self, iface: &str) -> Result<&Attachment, BpfError> {
         if self.attached.iter().any(|a| a.info.iface == iface) {
             return Err(BpfError::AlreadyAttached { iface: iface.into() });
@@ -139,13 +209,98 @@ impl Datapath {
         // Counters exist before the first packet can reach the programs.
         self.register_counters(ifindex)?;
 
+        // TC first: lan_ingress_tc must be in place before XDP starts handing it
+        // metadata, or the first marked packets would go unmarked.
+        let clsact_created = match self.tc_mode {
+            TcAttachMode::Tcx => false,
+            TcAttachMode::Netlink => clsact::add(iface)?,
+        };
+        let undo_clsact = || {
+            if clsact_created {
+                if let Err(e) = clsact::remove(ifindex) {
+                    tracing::error!(iface, error = %e, "remove clsact after failed attach");
+                }
+            }
+        };
+        let tc_ingress_link = match self.attach_tc(iface, PROG_LAN_INGRESS_TC, TcAttachType::Ingress) {
+            Ok(l) => l,
+            Err(e) => {
+                undo_clsact();
+                return Err(e);
+            }
+        };
+        let tc_egress_link = match self.attach_tc(iface, PROG_LAN_EGRESS, TcAttachType::Egress) {
+            Ok(l) => l,
+            Err(e) => {
+                self.detach_tc(PROG_LAN_INGRESS_TC, tc_ingress_link, iface);
+                undo_clsact();
+                return Err(e);
+            }
+        };
+        let xdp_result = self.attach_xdp(iface);
+        let (xdp_link, xdp_mode) = match xdp_result {
+            Ok(x) => x,
+            Err(e) => {
+                self.detach_tc(PROG_LAN_EGRESS, tc_egress_link, iface);
+                self.detach_tc(PROG_LAN_INGRESS_TC, tc_ingress_link, iface);
+                undo_clsact();
+                return Err(e);
+            }
+        };
+        let prog_ids = self.program_ids()?;
+        self.attached.push(Attached {
+            info: Attachment { iface: iface.into(), ifindex, xdp: xdp_mode, tc: self.tc_mode, clsact_created, prog_ids },
+            xdp_link,
+            tc_ingress_link,
+            tc_egress_link,
+        });
+        Ok(&self.attached.last().expect("just pushed").info)
+    }
+
+    /// Attach wan_egress to an uplink interface, which turns the queue bits of the
+    /// mark back into skb->priority before the uplink's qdisc.
+    pub fn attach_uplink(&mut self, iface: &str) -> Result<&UplinkAttachment, BpfError> {
+        if self.uplinks.iter().any(|a| a.info.iface == iface) {
+            return Err(BpfError::AlreadyAttached { iface: iface.into() });
+        }
+        let ifindex = nix::net::if_::if_nametoindex(iface)
+            .map_err(|_| BpfError::NoInterface { iface: iface.into() })?;
+        let clsact_created = match self.tc_mode {
+            TcAttachMode::Tcx => false,
+            TcAttachMode::Netlink => clsact::add(iface)?,
+        };
+        let link = match self.attach_tc(iface, PROG_WAN_EGRESS, TcAttachType::Egress) {
+            Ok(l) => l,
+            Err(e) => {
+                if clsact_created {
+                    if let Err(ce) = clsact::remove(ifindex) {
+                        tracing::error!(iface, error = %ce, "remove clsact after failed attach");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, PROG_WAN_EGRESS)?;
+        let prog_id = tc.info().map_err(|source| BpfError::LoadProgram { program: PROG_WAN_EGRESS, source })?.id();
+        self.uplinks.push(UplinkAttached {
+            info: UplinkAttachment { iface: iface.into(), ifindex, tc: self.tc_mode, clsact_created, prog_id },
+            link,
+        });
+        Ok(&self.uplinks.last().expect("just pushed").info)
+    }
+
+    pub fn uplink_attachments(&self) -> Vec<UplinkAttachment> {
+        self.uplinks.iter().map(|a| a.info.clone()).collect()
+    }
+
+    fn attach_xdp(&mut self, iface: &str) -> Result<(aya::programs::xdp::XdpLinkId, XdpAttachMode), BpfError> {
         let xdp: &mut Xdp = program_mut(&mut self.ebpf, PROG_LAN_INGRESS)?;
-        let (xdp_link, xdp_mode) = match xdp.attach(iface, XdpMode::Driver) {
-            Ok(link) => (link, XdpAttachMode::Driver),
+        match xdp.attach(iface, XdpMode::Driver) {
+            Ok(link) => Ok((link, XdpAttachMode::Driver)),
             // Anything but "driver has no native XDP" (EBUSY: another program is
             // there, EPERM, ...) is a real failure: generic mode would not help.
             Err(source) if !is_unsupported(&source) => {
-                return Err(BpfError::Attach { program: PROG_LAN_INGRESS, iface: iface.into(), source });
+                Err(BpfError::Attach { program: PROG_LAN_INGRESS, iface: iface.into(), source })
             }
             Err(driver_err) => {
                 // Drivers without native XDP: the generic hook works everywhere, slower.
@@ -155,34 +310,7 @@ impl Datapath {
                     iface: iface.into(),
                     source,
                 })?;
-                (link, XdpAttachMode::Skb)
-            }
-        };
-
-        match self.attach_tc(iface, ifindex) {
-            Ok((tc_link, clsact_created)) => {
-                let (xdp_prog_id, tc_prog_id) = self.program_ids()?;
-                self.attached.push(Attached {
-                    info: Attachment {
-                        iface: iface.into(),
-                        ifindex,
-                        xdp: xdp_mode,
-                        tc: self.tc_mode,
-                        clsact_created,
-                        xdp_prog_id,
-                        tc_prog_id,
-                    },
-                    xdp_link,
-                    tc_link,
-                });
-                Ok(&self.attached.last().expect("just pushed").info)
-            }
-            Err(e) => {
-                let xdp: &mut Xdp = program_mut(&mut self.ebpf, PROG_LAN_INGRESS)?;
-                if let Err(detach) = xdp.detach(xdp_link) {
-                    tracing::error!(iface, error = %detach, "detach XDP after failed TC attach");
-                }
-                Err(e)
+                Ok((link, XdpAttachMode::Skb))
             }
         }
     }
@@ -190,37 +318,38 @@ impl Datapath {
     fn attach_tc(
         &mut self,
         iface: &str,
-        ifindex: u32,
-    ) -> Result<(aya::programs::tc::SchedClassifierLinkId, bool), BpfError> {
-        let mode = self.tc_mode;
-        let clsact_created = match mode {
-            TcAttachMode::Tcx => false,
-            TcAttachMode::Netlink => clsact::add(iface)?,
-        };
-        let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, PROG_LAN_EGRESS)?;
-        let options = match mode {
+        program: &'static str,
+        attach_type: TcAttachType,
+    ) -> Result<aya::programs::tc::SchedClassifierLinkId, BpfError> {
+        let options = match self.tc_mode {
             TcAttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
             TcAttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
         };
-        match tc.attach_with_options(iface, TcAttachType::Egress, options) {
-            Ok(link) => Ok((link, clsact_created)),
-            Err(source) => {
-                if clsact_created {
-                    if let Err(e) = clsact::remove(ifindex) {
-                        tracing::error!(iface, error = %e, "remove clsact after failed attach");
-                    }
+        let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+        tc.attach_with_options(iface, attach_type, options)
+            .map_err(|source| BpfError::Attach { program, iface: iface.into(), source })
+    }
+
+    fn detach_tc(&mut self, program: &'static str, link: aya::programs::tc::SchedClassifierLinkId, iface: &str) {
+        match program_mut::<SchedClassifier>(&mut self.ebpf, program) {
+            Ok(tc) => {
+                if let Err(e) = tc.detach(link) {
+                    tracing::error!(iface, program, error = %e, "detach after failed attach");
                 }
-                Err(BpfError::Attach { program: PROG_LAN_EGRESS, iface: iface.into(), source })
             }
+            Err(e) => tracing::error!(iface, program, error = %e, "detach after failed attach"),
         }
     }
 
-    fn program_ids(&mut self) -> Result<(u32, u32), BpfError> {
+    fn program_ids(&mut self) -> Result<ProgIds, BpfError> {
         let xdp: &mut Xdp = program_mut(&mut self.ebpf, PROG_LAN_INGRESS)?;
-        let xdp_id = xdp.info().map_err(|source| BpfError::LoadProgram { program: PROG_LAN_INGRESS, source })?.id();
-        let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, PROG_LAN_EGRESS)?;
-        let tc_id = tc.info().map_err(|source| BpfError::LoadProgram { program: PROG_LAN_EGRESS, source })?.id();
-        Ok((xdp_id, tc_id))
+        let lan_ingress =
+            xdp.info().map_err(|source| BpfError::LoadProgram { program: PROG_LAN_INGRESS, source })?.id();
+        let mut tc_id = |name: &'static str| -> Result<u32, BpfError> {
+            let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
+            Ok(tc.info().map_err(|source| BpfError::LoadProgram { program: name, source })?.id())
+        };
+        Ok(ProgIds { lan_ingress, lan_ingress_tc: tc_id(PROG_LAN_INGRESS_TC)?, lan_egress: tc_id(PROG_LAN_EGRESS)? })
     }
 
     pub fn attachments(&self) -> Vec<Attachment> {
@@ -255,21 +384,23 @@ impl Datapath {
     /// failure is returned. The maps and programs go when `self` is dropped.
     pub fn detach_all(&mut self) -> Vec<BpfError> {
         let mut errors = Vec::new();
-        while let Some(a) = self.attached.pop() {
-            let iface = a.info.iface.clone();
-            match program_mut::<SchedClassifier>(&mut self.ebpf, PROG_LAN_EGRESS) {
+        while let Some(u) = self.uplinks.pop() {
+            match program_mut::<SchedClassifier>(&mut self.ebpf, PROG_WAN_EGRESS) {
                 Ok(tc) => {
-                    if let Err(source) = tc.detach(a.tc_link) {
-                        errors.push(BpfError::Detach { program: PROG_LAN_EGRESS, iface: iface.clone(), source });
+                    if let Err(source) = tc.detach(u.link) {
+                        errors.push(BpfError::Detach { program: PROG_WAN_EGRESS, iface: u.info.iface.clone(), source });
                     }
                 }
                 Err(e) => errors.push(e),
             }
-            if a.info.clsact_created {
-                if let Err(e) = clsact::remove(a.info.ifindex) {
+            if u.info.clsact_created {
+                if let Err(e) = clsact::remove(u.info.ifindex) {
                     errors.push(e);
                 }
             }
+        }
+        while let Some(a) = self.attached.pop() {
+            let iface = a.info.iface.clone();
             match program_mut::<Xdp>(&mut self.ebpf, PROG_LAN_INGRESS) {
                 Ok(xdp) => {
                     if let Err(source) = xdp.detach(a.xdp_link) {
@@ -277,6 +408,21 @@ impl Datapath {
                     }
                 }
                 Err(e) => errors.push(e),
+            }
+            for (program, link) in [(PROG_LAN_EGRESS, a.tc_egress_link), (PROG_LAN_INGRESS_TC, a.tc_ingress_link)] {
+                match program_mut::<SchedClassifier>(&mut self.ebpf, program) {
+                    Ok(tc) => {
+                        if let Err(source) = tc.detach(link) {
+                            errors.push(BpfError::Detach { program, iface: iface.clone(), source });
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            if a.info.clsact_created {
+                if let Err(e) = clsact::remove(a.info.ifindex) {
+                    errors.push(e);
+                }
             }
         }
         errors

@@ -104,6 +104,50 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     parse(&text, &file)
 }
 
+/// The text a config was parsed from, kept so that errors found after parsing
+/// (by the rule compiler, against datapath limits) read FILE:LINE:COL too.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub text: String,
+    pub origin: String,
+}
+
+/// One step of a key path into the document, e.g. `rules`, `2`, `destinations`.
+#[derive(Debug, Clone, Copy)]
+pub enum PathSeg {
+    Key(&'static str),
+    Index(usize),
+}
+
+impl Source {
+    /// An error at `path`, or at its nearest existing parent.
+    pub fn error_at(&self, path: &[PathSeg], message: String) -> ConfigError {
+        let key_path = locate::KeyPath(
+            path.iter()
+                .map(|s| match *s {
+                    PathSeg::Key(k) => locate::Seg::Key(k),
+                    PathSeg::Index(i) => locate::Seg::Index(i),
+                })
+                .collect(),
+        );
+        let offset = match DeTable::parse(&self.text) {
+            Ok(doc) => locate::resolve(&doc, &key_path).start,
+            Err(_) => 0,
+        };
+        let (line, col) = locate::line_col(&self.text, offset);
+        ConfigError::Invalid { file: self.origin.clone(), line, col, message }
+    }
+}
+
+/// Like [`load`], also returning the text for locating later errors.
+pub fn load_with_source(path: &Path) -> Result<(Config, Source), ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ConfigErrors(vec![ConfigError::Read { file: file.clone(), error }]))?;
+    let config = parse(&text, &file)?;
+    Ok((config, Source { text, origin: file }))
+}
+
 /// Parses and validates `text`; `origin` names the file in messages.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     let at = |offset: usize, message: String| {

@@ -56,13 +56,21 @@ pub enum Mode {
 pub struct Daemon {
     pub mode: Mode,
     pub control_socket: PathBuf,
+    /// Entries of the eBPF flow table (fixed kernel memory, about 200 bytes each).
+    pub flow_table_size: u32,
 }
+
+/// Bounds of `flow_table_size`: below, a busy office evicts live flows; above, the
+/// table alone takes more than 3 GiB of kernel memory.
+pub const FLOW_TABLE_MIN: u32 = 1024;
+pub const FLOW_TABLE_MAX: u32 = 16 * 1024 * 1024;
 
 impl Default for Daemon {
     fn default() -> Self {
         Daemon {
             mode: Mode::Enforce,
             control_socket: PathBuf::from("/run/inferlane/control.sock"),
+            flow_table_size: 262_144,
         }
     }
 }

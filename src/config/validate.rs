@@ -83,6 +83,17 @@ impl Checker {
                 format!("control_socket {socket:?} must be an absolute path"),
             );
         }
+        let size = config.daemon.flow_table_size;
+        if !(super::schema::FLOW_TABLE_MIN..=super::schema::FLOW_TABLE_MAX).contains(&size) {
+            self.error(
+                key_path!["daemon", "flow_table_size"],
+                format!(
+                    "flow_table_size {size} is out of range {}..={}",
+                    super::schema::FLOW_TABLE_MIN,
+                    super::schema::FLOW_TABLE_MAX
+                ),
+            );
+        }
     }
 
     fn lan(&mut self, config: &Config) {
@@ -669,6 +680,13 @@ mod tests {
             20,
             "inactive_timeout 2m exceeds active_timeout 1m",
         );
+    }
+
+    #[test]
+    fn flow_table_size_is_bounded() {
+        let text = format!("[daemon]\nflow_table_size = 100\n{LAN}");
+        let errors = crate::config::parse(&text, "t.toml").unwrap_err();
+        assert_eq!(errors.to_string(), "t.toml:2:19: flow_table_size 100 is out of range 1024..=16777216");
     }
 
     #[test]

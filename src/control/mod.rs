@@ -4,24 +4,62 @@
 //! and operators can drive it with `socat` when the CLI is not at hand.
 
 pub mod client;
+pub mod flows;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::abi::Counters;
-use crate::bpf::{TcAttachMode, XdpAttachMode};
+use crate::bpf::{ProgIds, TcAttachMode, XdpAttachMode};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "lowercase")]
 pub enum Request {
     Status,
+    Flows,
+    Reload,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "lowercase")]
 pub enum Response {
     Status(Status),
+    Flows { flows: Vec<flows::FlowInfo> },
+    Reload(ReloadResult),
     Error { message: String },
+}
+
+/// The answer to a reload: applied, or refused with the reason (the running
+/// config stays).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadResult {
+    pub applied: bool,
+    /// Generation of the config in force after the attempt (1 = the one started with).
+    pub generation: u64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowTableStatus {
+    /// Entries the table holds (config daemon.flow_table_size).
+    pub size: u32,
+    pub live: u64,
+    /// Flows pushed out by the LRU to make room for new ones.
+    pub evicted: u64,
+    pub stats: crate::bpf::abi::FlowStats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RulesStatus {
+    pub rules: usize,
+    pub destination_prefixes: usize,
+    pub client_prefixes: usize,
+    /// Rules naming providers: matched once DNS/SNI learning gives flows a provider.
+    pub provider_rules: usize,
+    pub generation: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub last_reload_error: Option<String>,
 }
 
 /// What `inferlane status` shows.
@@ -34,6 +72,8 @@ pub struct Status {
     pub config: String,
     pub uptime_ms: u64,
     pub interfaces: Vec<InterfaceStatus>,
+    pub flow_table: FlowTableStatus,
+    pub rules: RulesStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,8 +83,7 @@ pub struct InterfaceStatus {
     pub xdp: XdpAttachMode,
     pub tc: TcAttachMode,
     /// Kernel program ids (`bpftool prog show id N`).
-    pub xdp_prog_id: u32,
-    pub tc_prog_id: u32,
+    pub prog_ids: ProgIds,
     /// LAN client to router (XDP lan_ingress).
     pub upload: Counters,
     /// Router to LAN client (TC lan_egress).
@@ -89,6 +128,26 @@ impl Status {
                 i.download.bytes,
                 i.upload.malformed + i.download.malformed,
             );
+        }
+        let ft = &self.flow_table;
+        let _ = writeln!(
+            out,
+            "flows: {} live of {}, {} created, {} evicted, {} not tracked (insert failed), {} download packets without a flow",
+            ft.live, ft.size, ft.stats.created, ft.evicted, ft.stats.create_failed, ft.stats.download_unmatched
+        );
+        let _ = writeln!(
+            out,
+            "datapath: {} packets DSCP-rewritten, {} dropped (blocked flows), fragments {} first / {} later / {} orphan",
+            ft.stats.dscp_rewritten, ft.stats.blocked, ft.stats.frag_first, ft.stats.frag_nonfirst, ft.stats.frag_orphan
+        );
+        let r = &self.rules;
+        let _ = writeln!(
+            out,
+            "rules: {} ({} destination prefixes, {} client prefixes, {} waiting for provider learning), generation {}, {} reloads, {} refused",
+            r.rules, r.destination_prefixes, r.client_prefixes, r.provider_rules, r.generation, r.reloads, r.reload_failures
+        );
+        if let Some(e) = &r.last_reload_error {
+            let _ = writeln!(out, "last reload refused: {e}");
         }
         out
     }

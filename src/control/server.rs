@@ -115,7 +115,10 @@ async fn answer(stream: UnixStream, handler: Arc<dyn Handler>) {
         Ok(req) => handler.handle(req),
         Err(e) => Response::Error { message: format!("bad request: {e}") },
     };
-    let mut out = serde_json::to_string(&resp).expect("responses always serialise");
+    let mut out = serde_json::to_string(&resp).unwrap_or_else(|e| {
+        let err = Response::Error { message: format!("encode the answer: {e}") };
+        serde_json::to_string(&err).unwrap_or_default()
+    });
     out.push('\n');
     let _ = write.write_all(out.as_bytes()).await;
 }

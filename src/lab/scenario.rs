@@ -378,7 +378,7 @@ pub fn leftovers(lab: &Lab, socket: &Path, prog_ids: &[u32]) -> Vec<String> {
 
 /// Program ids of every interface in a status answer.
 pub fn prog_ids(status: &Status) -> Vec<u32> {
-    status.interfaces.iter().flat_map(|i| [i.xdp_prog_id, i.tc_prog_id]).collect()
+    status.interfaces.iter().flat_map(|i| i.prog_ids.all()).collect()
 }
 
 /// The result of one run of the scenario.

@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * Flow keys, fragments, static classification and DSCP rewriting, shared by the
+ * LAN programs. Classification runs once per flow, at its first upload packet;
+ * every later packet costs one hash lookup.
+ */
+#ifndef INFERLANE_FLOW_H
+#define INFERLANE_FLOW_H
+
+#include "inferlane_maps.h"
+#include "pckt_parsing.h"
+
+static __always_inline struct il_flow_stats *il_stats(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&flow_stats, &zero);
+}
+
+#define IL_STAT_INC(field)                                                     \
+	do {                                                                   \
+		struct il_flow_stats *__s = il_stats();                        \
+		if (__s)                                                       \
+			__s->field++;                                          \
+	} while (0)
+
+static __always_inline struct il_settings *il_settings(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&settings, &zero);
+}
+
+/*
+ * Fragments: the first one carries the ports, later ones do not. Remember the
+ * first fragment's ports by (src, dst, id, proto) so the rest of the datagram
+ * lands in the same flow. A later fragment whose first was never seen (reordered
+ * or lost) keeps ports 0 and is counted as an orphan.
+ */
+static __always_inline void il_frag_resolve(struct il_pkt *pkt)
+{
+	struct il_frag_key fk = {};
+
+	if (pkt->frag == IL_FRAG_NONE)
+		return;
+	__builtin_memcpy(fk.src, pkt->src, 16);
+	__builtin_memcpy(fk.dst, pkt->dst, 16);
+	fk.id = pkt->frag_id;
+	fk.proto = pkt->proto;
+	if (pkt->frag == IL_FRAG_FIRST) {
+		struct il_frag_ports fp = { .sport = pkt->sport, .dport = pkt->dport };
+
+		if (pkt->l4_ok) {
+			bpf_map_update_elem(&frags, &fk, &fp, BPF_ANY);
+			IL_STAT_INC(frag_first);
+		}
+		return;
+	}
+	struct il_frag_ports *fp = bpf_map_lookup_elem(&frags, &fk);
+
+	if (fp) {
+		pkt->sport = fp->sport;
+		pkt->dport = fp->dport;
+		IL_STAT_INC(frag_nonfirst);
+	} else {
+		IL_STAT_INC(frag_orphan);
+	}
+	pkt->l4_ok = 1;
+}
+
+/* Key from the client's side: upload packets are (client -> remote). */
+static __always_inline void il_key_upload(const struct il_pkt *pkt, struct il_flow_key *key)
+{
+	__builtin_memcpy(key->client, pkt->src, 16);
+	__builtin_memcpy(key->remote, pkt->dst, 16);
+	key->client_port = pkt->sport;
+	key->remote_port = pkt->dport;
+	key->proto = pkt->proto;
+	key->family = pkt->kind == IL_L3_IPV4 ? 4 : 6;
+	key->pad = 0;
+}
+
+/* Download packets are (remote -> client): the same key, reversed. */
+static __always_inline void il_key_download(const struct il_pkt *pkt, struct il_flow_key *key)
+{
+	__builtin_memcpy(key->client, pkt->dst, 16);
+	__builtin_memcpy(key->remote, pkt->src, 16);
+	key->client_port = pkt->dport;
+	key->remote_port = pkt->sport;
+	/* ICMP echo: the identifier sits in the same place both ways. */
+	if (pkt->proto == IPPROTO_ICMP || pkt->proto == IL_IPPROTO_ICMPV6) {
+		key->client_port = pkt->sport;
+		key->remote_port = 0;
+	}
+	key->proto = pkt->proto;
+	key->family = pkt->kind == IL_L3_IPV4 ? 4 : 6;
+	key->pad = 0;
+}
+
+static __always_inline int il_ports_match(const struct il_rule *rule, __u8 proto, __u16 port)
+{
+#pragma unroll
+	for (int i = 0; i < IL_MAX_PORT_RANGES; i++) {
+		if (i >= rule->n_ports)
+			break;
+		if (rule->ports[i].proto == proto && port >= rule->ports[i].first &&
+		    port <= rule->ports[i].last)
+			return 1;
+	}
+	return 0;
+}
+
+/* The rule maps of one copy, as a macro so each copy's maps are named directly
+ * (the verifier wants a known map at every call site). */
+#define IL_CLASSIFY_IN(N)                                                      \
+	static __always_inline struct il_rule *il_classify_##N(                \
+		const struct il_flow_key *key, __u32 *rule_idx)                 \
+	{                                                                      \
+		struct il_lpm_key dk = { .prefixlen = 128 };                   \
+		struct il_candidates *cand;                                    \
+		__u16 port = bpf_ntohs(key->remote_port);                      \
+                                                                               \
+		__builtin_memcpy(dk.addr, key->remote, 16);                    \
+		cand = bpf_map_lookup_elem(&dests_##N, &dk);                   \
+		if (!cand)                                                     \
+			return 0;                                              \
+		for (int i = 0; i < IL_MAX_CANDIDATES; i++) {                  \
+			struct il_rule *rule;                                  \
+			__u32 idx;                                             \
+                                                                               \
+			if (i >= cand->n)                                      \
+				break;                                         \
+			idx = cand->rule[i];                                   \
+			rule = bpf_map_lookup_elem(&rules_##N, &idx);          \
+			if (!rule)                                             \
+				continue;                                      \
+			if (rule->flags & IL_RULE_F_PROVIDERS)                 \
+				continue;                                      \
+			if ((rule->flags & IL_RULE_F_PORTS) &&                 \
+			    !il_ports_match(rule, key->proto, port))           \
+				continue;                                      \
+			if (rule->flags & IL_RULE_F_CLIENTS) {                 \
+				struct il_client_key ck = {                    \
+					.prefixlen = 32 + 128,                 \
+					.rule_be = bpf_htonl(idx),             \
+				};                                             \
+				__builtin_memcpy(ck.addr, key->client, 16);    \
+				if (!bpf_map_lookup_elem(&clients_##N, &ck))  \
+					continue;                              \
+			}                                                      \
+			*rule_idx = idx;                                       \
+			return rule;                                           \
+		}                                                              \
+		return 0;                                                      \
+	}
+
+IL_CLASSIFY_IN(0)
+IL_CLASSIFY_IN(1)
+
+/* First match in config order over the live rule copy; fills the verdict. */
+static __always_inline void il_classify(const struct il_flow_key *key, struct il_flow *flow)
+{
+	struct il_settings *s = il_settings();
+	struct il_rule *rule;
+	__u32 idx = 0;
+
+	flow->dscp = IL_DSCP_KEEP;
+	if (!s || !s->n_rules)
+		return;
+	rule = s->rule_set ? il_classify_1(key, &idx) : il_classify_0(key, &idx);
+	if (!rule)
+		return;
+	flow->rule_id = idx + 1;
+	flow->source = IL_SRC_STATIC;
+	if (rule->action == IL_ACTION_BLOCK) {
+		flow->verdict = IL_VERDICT_BLOCK;
+		return;
+	}
+	flow->class_id = rule->class_id;
+	flow->dscp = rule->dscp;
+	flow->mark = rule->mark;
+	flow->priority = rule->priority;
+	flow->uplink = rule->uplink;
+}
+
+/* RFC 1624 incremental update of a 16-bit one's complement checksum. */
+static __always_inline __u16 il_csum_replace16(__u16 check, __u16 old, __u16 new)
+{
+	__u32 sum = (~bpf_ntohs(check) & 0xffff) + (~bpf_ntohs(old) & 0xffff) + bpf_ntohs(new);
+
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return bpf_htons(~sum & 0xffff);
+}
+
+/* Write DSCP, keeping the ECN bits; IPv4 checksum fixed incrementally.
+ * Returns 1 when the packet changed. */
+static __always_inline int il_set_dscp(struct il_pkt *pkt, void *data_end, __u8 dscp)
+{
+	__u8 tos = (dscp << 2) | (pkt->tos & 0x3);
+
+	if (tos == pkt->tos)
+		return 0;
+	if (pkt->kind == IL_L3_IPV4) {
+		struct iphdr *iph = pkt->l3;
+		__u16 old;
+
+		if ((void *)(iph + 1) > data_end)
+			return 0;
+		old = *(__u16 *)iph;
+		iph->tos = tos;
+		iph->check = il_csum_replace16(iph->check, old, *(__u16 *)iph);
+	} else {
+		struct ipv6hdr *ip6h = pkt->l3;
+
+		if ((void *)(ip6h + 1) > data_end)
+			return 0;
+		ip6h->priority = tos >> 4;
+		ip6h->flow_lbl[0] = (ip6h->flow_lbl[0] & 0x0f) | ((tos & 0x0f) << 4);
+	}
+	pkt->tos = tos;
+	return 1;
+}
+
+#endif

@@ -1,0 +1,4 @@
+//! Classification in userspace: the rule compiler (config → rule maps). The provider
+//! catalog, the DNS/TLS/QUIC/HTTP parsers and the punt consumer join it here.
+
+pub mod compile;
