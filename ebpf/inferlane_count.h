@@ -12,7 +12,13 @@ static __always_inline void il_count(__u32 ifindex, __u32 direction, __u64 len,
 	struct il_if_key key = { .ifindex = ifindex, .direction = direction };
 	struct il_counters *c;
 
-	c = bpf_map_lookup_elem(&if_counters, &key);
+	if (ifindex < IL_IF_ARRAY_IFINDEXES) {
+		__u32 slot = ifindex * 2 + direction;
+
+		c = bpf_map_lookup_elem(&if_counters_array, &slot);
+	} else {
+		c = bpf_map_lookup_elem(&if_counters, &key);
+	}
 	if (!c) {
 		/* Not registered by the daemon: account it to the catch-all slot. */
 		key.ifindex = 0;

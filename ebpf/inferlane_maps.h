@@ -20,6 +20,19 @@
 #define IL_MAX_CLIENT_PREFIXES 65536
 #define IL_MAX_FRAGS 8192
 
+/* Interface counters, two levels: interfaces with ifindex below
+ * IL_IF_ARRAY_IFINDEXES count into a per-CPU array slot (ifindex * 2 + direction),
+ * one array access and no hashing, which is most of a router's interfaces; larger
+ * ifindexes (hosts that churn veths) fall back to the hash below. */
+#define IL_IF_ARRAY_IFINDEXES 1024
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, IL_IF_ARRAY_IFINDEXES * 2);
+	__type(key, __u32);
+	__type(value, struct il_counters);
+} if_counters_array SEC(".maps") __weak;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, IL_MAX_IF_COUNTERS);

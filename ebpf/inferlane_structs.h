@@ -15,9 +15,10 @@
 
 /* ---- Interface counters ------------------------------------------------ */
 
-/* Key of if_counters: which LAN interface, which direction. The daemon creates
- * one entry per (ifindex, direction) before attaching; ifindex 0 collects packets
- * from an interface it did not register, so nothing is counted silently. */
+/* Key of if_counters (the hash for ifindexes >= IL_IF_ARRAY_IFINDEXES): which
+ * LAN interface, which direction. The daemon creates one entry per (ifindex,
+ * direction) before attaching; ifindex 0 collects packets from an interface it
+ * did not register, so nothing is counted silently. */
 struct il_if_key {
 	__u32 ifindex;
 	__u32 direction;
@@ -72,7 +73,10 @@ struct il_flow_key {
 
 struct il_flow {
 	__u64 first_ns;     /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the first packet */
-	__u64 last_ns;      /* of the latest packet, either direction */
+	__u64 last_ns;      /* of the latest packet, either direction: the coarse clock
+			     * (bpf_ktime_get_coarse_ns, one tick = 1/HZ), because the
+			     * precise one costs ~55 ns a call on VMs, more than the
+			     * rest of the per-packet work */
 	__u64 up_packets;
 	__u64 up_bytes;     /* IP bytes (IP header included, L2 excluded), as NetFlow counts */
 	__u64 down_packets;

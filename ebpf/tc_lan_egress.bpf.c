@@ -52,7 +52,7 @@ int lan_egress(struct __sk_buff *skb)
 	bytes = skb->len - pkt.l3_off + (__u64)(segs - 1) * (pkt.l3_hdr_len + pkt.l4_hdr_len);
 	__sync_fetch_and_add(&flow->down_packets, segs);
 	__sync_fetch_and_add(&flow->down_bytes, bytes);
-	flow->last_ns = bpf_ktime_get_ns();
+	flow->last_ns = bpf_ktime_get_coarse_ns();
 	flow->tcp_flags_down |= pkt.tcp_flags;
 	if (pkt.frag != IL_FRAG_NONE)
 		flow->flags |= IL_FLOW_F_FRAGMENTS;

@@ -20,8 +20,9 @@ static __always_inline struct il_flow *il_flow_get_or_create(const struct il_flo
 	if (flow)
 		return flow;
 
+	/* The flow's start is worth the precise clock, once. */
 	struct il_flow nf = {
-		.first_ns = now,
+		.first_ns = bpf_ktime_get_ns(),
 		.last_ns = now,
 		.ifindex = ifindex,
 		.dscp_seen = pkt->tos >> 2,
@@ -62,7 +63,7 @@ int lan_ingress(struct xdp_md *ctx)
 
 	il_frag_resolve(&pkt);
 	il_key_upload(&pkt, &key);
-	now = bpf_ktime_get_ns();
+	now = bpf_ktime_get_coarse_ns();
 	flow = il_flow_get_or_create(&key, &pkt, ctx->ingress_ifindex, now);
 	if (!flow)
 		return XDP_PASS;

@@ -92,7 +92,7 @@ fn main() {
         println!("{:<28} lan_ingress (XDP) {:>4} ns   lan_egress (TC) {:>4} ns", row.0, row.1.as_nanos(), row.2.as_nanos());
         rows.push(row);
     }
-    let counted = dp.counters_for(0).expect("read counters");
+    let counted = dp.counters_test_run().expect("read counters");
     let expected = (cases.len() * ROUNDS) as u64 * REPEAT as u64;
     assert_eq!(counted.upload.packets, expected, "XDP runs not all counted");
     assert_eq!(counted.download.packets, expected, "TC runs not all counted");

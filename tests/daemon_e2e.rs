@@ -185,14 +185,14 @@ fn legacy_tc_attach_removes_only_the_clsact_it_created() {
     if !require_root_or_skip("legacy_tc_attach_removes_only_the_clsact_it_created") {
         return;
     }
-    std::env::set_var("INFERLANE_TC_ATTACH", "netlink"); // inherited by the daemon child
+    let netlink = [("INFERLANE_TC_ATTACH", "netlink")];
     let work = WorkDir::new("e2e-clsact").unwrap();
     let lab = Lab::build(&LabOptions::default()).unwrap();
     let socket = work.path().join("control.sock");
     let config = scenario::lab_config(&socket);
     let qdiscs = || lab.run(Role::Router, "tc", &["qdisc", "show", "dev", addr::ROUTER_LAN_IF]).unwrap();
 
-    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &config).unwrap();
+    let mut daemon = DaemonProcess::start_with_env(bin(), &lab, &work, &config, &netlink).unwrap();
     assert_eq!(daemon.status().unwrap().interfaces[0].tc, TcAttachMode::Netlink);
     assert!(qdiscs().contains("clsact"), "clsact not added: {}", qdiscs());
     lab.ping(Role::Lan, addr::SERVER_V6.into(), Duration::from_secs(1)).unwrap();
@@ -206,14 +206,13 @@ fn legacy_tc_attach_removes_only_the_clsact_it_created() {
 
     // Someone else's clsact (with their own filter) survives our start and stop.
     lab.run(Role::Router, "tc", &["qdisc", "add", "dev", addr::ROUTER_LAN_IF, "clsact"]).unwrap();
-    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &config).unwrap();
+    let mut daemon = DaemonProcess::start_with_env(bin(), &lab, &work, &config, &netlink).unwrap();
     let exit = daemon.stop(Duration::from_secs(10)).unwrap();
     assert!(exit.success(), "daemon exit {exit}; log:\n{}", daemon.log_text());
     let after = qdiscs();
     assert!(after.contains("clsact"), "a clsact we did not create was removed: {after}");
     let filters = lab.run(Role::Router, "tc", &["filter", "show", "dev", addr::ROUTER_LAN_IF, "egress"]).unwrap();
     assert!(!filters.contains("lan_egress"), "our filter was left under the foreign clsact: {filters}");
-    std::env::remove_var("INFERLANE_TC_ATTACH");
 }
 
 #[test]
@@ -235,7 +234,7 @@ fn lab_command_cleans_up_on_ctrl_c() {
         return;
     }
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args(["lab", "--seconds", "3"])
         .process_group(0)
         .stdout(std::process::Stdio::null())

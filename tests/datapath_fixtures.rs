@@ -1,10 +1,14 @@
 //! BPF_PROG_TEST_RUN fixtures for the LAN datapath. Every fixture packet runs through
 //! both programs: lan_ingress (XDP, counts the upload direction) and lan_egress (TC,
 //! counts the download direction). Each run is checked for its verdict, for leaving
-//! the packet byte for byte unchanged, and for the exact counter deltas in the
-//! direction the program counts; the other direction must not move. A deterministic
-//! fuzz run then checks the same on 100,000 generated packets against an independent
-//! Rust model of the parser in ebpf/pckt_parsing.h.
+//! the packet byte for byte unchanged, and for the exact interface counter deltas in
+//! the direction the program counts; the other direction must not move. A
+//! deterministic fuzz run then checks the same on 100,000 generated packets against
+//! an independent Rust model of the parsers in ebpf/pckt_parsing.h (L2/L3, and the
+//! IP/transport checks whose failures also count as malformed).
+//!
+//! The datapath is loaded and never configured: observe mode, no rules, so neither
+//! program may drop or rewrite anything. The flow table they fill is not checked here.
 //!
 //! Test runs come from no registered interface, so il_count (ebpf/inferlane_count.h)
 //! falls back to the catch-all slot ifindex 0 that `Datapath::load` creates; that slot
@@ -27,7 +31,7 @@ use pnet::packet::icmp::{self, IcmpCode, IcmpPacket, IcmpTypes};
 use pnet::packet::icmpv6::{self, Icmpv6Code, Icmpv6Packet, Icmpv6Types};
 use pnet::packet::ip::{IpNextHeaderProtocol, IpNextHeaderProtocols};
 use pnet::packet::ipv4::{self, Ipv4Flags, Ipv4OptionNumbers, MutableIpv4Packet};
-use pnet::packet::ipv6::{MutableExtensionPacket, MutableIpv6Packet};
+use pnet::packet::ipv6::{MutableExtensionPacket, MutableFragmentPacket, MutableIpv6Packet};
 use pnet::packet::tcp::{self, MutableTcpPacket, TcpFlags, TcpOption};
 use pnet::packet::udp::{self, MutableUdpPacket};
 use pnet::packet::vlan::{ClassesOfService, MutableVlanPacket};
@@ -36,8 +40,6 @@ use pnet::util::MacAddr;
 
 const PROG_LAN_INGRESS: &str = "lan_ingress";
 const PROG_LAN_EGRESS: &str = "lan_egress";
-/// Slot the programs count into when the packet's interface is not registered.
-const SLOT_UNREGISTERED: u32 = 0;
 
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC is -1; the kernel reports the verdict as a u32.
@@ -128,37 +130,49 @@ struct Harness {
 
 impl Harness {
     fn load() -> Self {
-        let dp = Datapath::load().unwrap_or_else(|e| panic!("expected the datapath to load, got: {e}"));
+        let dp =
+            Datapath::load().unwrap_or_else(|e| panic!("expected the datapath to load, got: {e}"));
         Harness { dp }
     }
 
     fn counters(&self) -> IfCounters {
         self.dp
-            .counters_for(SLOT_UNREGISTERED)
-            .unwrap_or_else(|e| panic!("expected counters of slot {SLOT_UNREGISTERED}, got: {e}"))
+            .counters_test_run()
+            .unwrap_or_else(|e| panic!("expected the interface counters, got: {e}"))
     }
 
     fn run(&mut self, hook: Hook, packet: &[u8], repeat: u32) -> Result<Ran, ProgramError> {
         let mut out = vec![OUT_FILL; packet.len() + OUT_SLACK];
         let name = hook.program();
-        let prog = self
-            .dp
-            .ebpf_mut()
-            .program(name)
-            .unwrap_or_else(|| panic!("expected program {name} in the eBPF object, found none"));
-        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), repeat, ..TestRunOptions::default() };
+        let prog =
+            self.dp.ebpf_mut().program(name).unwrap_or_else(|| {
+                panic!("expected program {name} in the eBPF object, found none")
+            });
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
         let res = match hook {
             Hook::LanIngress => {
-                let p: &Xdp = prog.try_into().unwrap_or_else(|_| panic!("expected {name} to be an XDP program"));
+                let p: &Xdp = prog
+                    .try_into()
+                    .unwrap_or_else(|_| panic!("expected {name} to be an XDP program"));
                 p.test_run(opts)?
             }
             Hook::LanEgress => {
-                let p: &SchedClassifier =
-                    prog.try_into().unwrap_or_else(|_| panic!("expected {name} to be a TC classifier"));
+                let p: &SchedClassifier = prog
+                    .try_into()
+                    .unwrap_or_else(|_| panic!("expected {name} to be a TC classifier"));
                 p.test_run(opts)?
             }
         };
-        Ok(Ran { verdict: res.return_value, data_size_out: res.data_size_out as usize, out })
+        Ok(Ran {
+            verdict: res.return_value,
+            data_size_out: res.data_size_out as usize,
+            out,
+        })
     }
 }
 
@@ -208,7 +222,11 @@ impl Expect {
         let Expect::Counted { class, vlan } = self else {
             return Counters::default();
         };
-        let mut c = Counters { packets: runs, bytes: len as u64 * runs, ..Counters::default() };
+        let mut c = Counters {
+            packets: runs,
+            bytes: len as u64 * runs,
+            ..Counters::default()
+        };
         if vlan {
             c.vlan = runs;
         }
@@ -249,7 +267,10 @@ fn check_run(
     match (expect, result) {
         (Expect::Rejected, Err(e)) if errno(e) == Some(libc::EINVAL) => {}
         (Expect::Rejected, Err(e)) => {
-            return Err(format!("expected the kernel to refuse the {len}-byte run with EINVAL, got: {}", describe(e)));
+            return Err(format!(
+                "expected the kernel to refuse the {len}-byte run with EINVAL, got: {}",
+                describe(e)
+            ));
         }
         (Expect::Rejected, Ok(ran)) => {
             return Err(format!(
@@ -258,7 +279,10 @@ fn check_run(
             ));
         }
         (Expect::Counted { .. }, Err(e)) => {
-            return Err(format!("expected the {len}-byte frame to run, the kernel refused: {}", describe(e)));
+            return Err(format!(
+                "expected the {len}-byte frame to run, the kernel refused: {}",
+                describe(e)
+            ));
         }
         (Expect::Counted { .. }, Ok(ran)) => {
             if ran.verdict != hook.pass() {
@@ -271,7 +295,10 @@ fn check_run(
                 ));
             }
             if ran.data_size_out != len {
-                return Err(format!("expected data_size_out {len} (the input length), saw {}", ran.data_size_out));
+                return Err(format!(
+                    "expected data_size_out {len} (the input length), saw {}",
+                    ran.data_size_out
+                ));
             }
             if let Some(at) = (0..len).find(|&i| ran.out[i] != packet[i]) {
                 return Err(format!(
@@ -302,7 +329,9 @@ fn check_run(
     }
     let seen = diff(untouched_after, untouched_before);
     if seen != Counters::default() {
-        return Err(format!("expected {untouched_dir} counters unchanged, saw them change by {seen:?}"));
+        return Err(format!(
+            "expected {untouched_dir} counters unchanged, saw them change by {seen:?}"
+        ));
     }
     Ok(())
 }
@@ -338,6 +367,7 @@ fn be16(p: &[u8], at: usize) -> u16 {
 ///   "bpf: reject short IPv4/IPv6 inputs in bpf_prog_test_run_skb" (upstream
 ///   12bec2bd4b76, in 6.18 stable). It looks at the ethertype eth_type_trans() returns,
 ///   i.e. the outer one, so the same truncations behind a VLAN tag do reach lan_egress.
+///
 /// Real traffic has no such limits: these frames reach the programs on the wire.
 fn test_run_refuses(hook: Hook, frame: &[u8]) -> bool {
     if frame.len() < ETH_HLEN {
@@ -362,14 +392,39 @@ fn reference(hook: Hook, frame: &[u8]) -> Expect {
     }
 }
 
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// IPv6 extension headers the parser walks before taking what follows as transport.
+const MAX_IPV6_EXT: usize = 6;
+
 /// What the programs should make of `frame`, written from the rules rather than from
-/// the C: Ethernet, at most two 802.1Q/802.1ad tags (a third tag is an unknown
-/// ethertype: other), IPv4 needs version 4, IHL >= 5 and the whole IHL header
-/// present, IPv6 needs version 6 and its 40-byte header; anything cut short before
-/// that is malformed. `vlan` counts complete tags only, also on a malformed frame.
+/// the C.
+///
+/// L2/L3 (il_parse_l2_l3): Ethernet, at most two 802.1Q/802.1ad tags (a third tag is
+/// an unknown ethertype: other); IPv4 needs version 4, IHL >= 5 and the whole IHL
+/// header present; IPv6 needs version 6 and its 40-byte header. `vlan` counts
+/// complete tags only, also on a malformed frame.
+///
+/// IP (il_parse_ip, run on every IPv4/IPv6 frame): a later fragment needs nothing
+/// more; otherwise IPv6 walks up to six extension headers (hop-by-hop, routing,
+/// destination options, fragment, AH), each needing 8 bytes present, and TCP needs
+/// its 20-byte header with a data offset >= 5, UDP its 8 bytes, ICMP/ICMPv6 6 bytes
+/// (type, code, checksum, identifier). Other transports need nothing.
+///
+/// Anything cut short or inconsistent on the way is malformed.
 fn parse_model(frame: &[u8]) -> Expect {
     let len = frame.len();
-    let malformed = |tags: usize| Expect::Counted { class: Class::Malformed, vlan: tags > 0 };
+    let malformed = |tags: usize| Expect::Counted {
+        class: Class::Malformed,
+        vlan: tags > 0,
+    };
     if len < ETH_HLEN {
         return malformed(0);
     }
@@ -384,7 +439,7 @@ fn parse_model(frame: &[u8]) -> Expect {
         off += 4;
         tags += 1;
     }
-    let class = match proto {
+    let (class, transport) = match proto {
         ETH_P_IP => {
             if off + 20 > len {
                 return malformed(tags);
@@ -393,17 +448,83 @@ fn parse_model(frame: &[u8]) -> Expect {
             if version != 4 || ihl < 5 || off + ihl * 4 > len {
                 return malformed(tags);
             }
-            Class::Ipv4
+            let later_fragment = be16(frame, off + 6) & 0x1fff != 0;
+            (
+                Class::Ipv4,
+                (!later_fragment).then(|| (frame[off + 9], off + ihl * 4)),
+            )
         }
         ETH_P_IPV6 => {
             if off + 40 > len || frame[off] >> 4 != 6 {
                 return malformed(tags);
             }
-            Class::Ipv6
+            match ipv6_transport(frame, off) {
+                Err(()) => return malformed(tags),
+                Ok(transport) => (Class::Ipv6, transport),
+            }
         }
-        _ => Class::Other,
+        _ => {
+            return Expect::Counted {
+                class: Class::Other,
+                vlan: tags > 0,
+            }
+        }
     };
-    Expect::Counted { class, vlan: tags > 0 }
+    if let Some((proto, l4)) = transport {
+        // Other transports are not looked at, wherever the extension headers led.
+        let needed = match proto {
+            IPPROTO_TCP => Some(20),
+            IPPROTO_UDP => Some(8),
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => Some(6),
+            _ => None,
+        };
+        if let Some(needed) = needed {
+            if l4 + needed > len || (proto == IPPROTO_TCP && frame[l4 + 12] >> 4 < 5) {
+                return malformed(tags);
+            }
+        }
+    }
+    Expect::Counted {
+        class,
+        vlan: tags > 0,
+    }
+}
+
+/// The transport protocol and its offset after the extension headers of the IPv6
+/// packet at `l3`; None for a later fragment (no transport header to check), Err when
+/// an extension header is cut short.
+fn ipv6_transport(frame: &[u8], l3: usize) -> Result<Option<(u8, usize)>, ()> {
+    let mut next = frame[l3 + 6];
+    let mut cur = l3 + 40;
+    for _ in 0..MAX_IPV6_EXT {
+        if ![
+            IPPROTO_HOPOPTS,
+            IPPROTO_ROUTING,
+            IPPROTO_DSTOPTS,
+            IPPROTO_FRAGMENT,
+            IPPROTO_AH,
+        ]
+        .contains(&next)
+        {
+            break;
+        }
+        if cur + 8 > frame.len() {
+            return Err(());
+        }
+        let this = next;
+        next = frame[cur];
+        match this {
+            IPPROTO_FRAGMENT => {
+                if be16(frame, cur + 2) & 0xfff8 != 0 {
+                    return Ok(None);
+                }
+                cur += 8;
+            }
+            IPPROTO_AH => cur += (usize::from(frame[cur + 1]) + 2) * 4,
+            _ => cur += (usize::from(frame[cur + 1]) + 1) * 8,
+        }
+    }
+    Ok(Some((next, cur)))
 }
 
 // ---------------------------------------------------------------------------------
@@ -454,13 +575,21 @@ struct V4 {
     fragment_offset: u16,
 }
 
-const V4_PLAIN: V4 = V4 { options: &[], flags: Ipv4Flags::DontFragment, fragment_offset: 0 };
+const V4_PLAIN: V4 = V4 {
+    options: &[],
+    flags: Ipv4Flags::DontFragment,
+    fragment_offset: 0,
+};
 
 /// IP Router Alert (RFC 2113): copied flag, option 20, length 4, value 0. One word.
 const ROUTER_ALERT: [u8; 4] = [0x80 | Ipv4OptionNumbers::RTRALT.0, 4, 0, 0];
 
 fn ipv4(proto: IpNextHeaderProtocol, v4: V4, payload: &[u8]) -> Vec<u8> {
-    assert_eq!(v4.options.len() % 4, 0, "IPv4 options must fill whole words");
+    assert_eq!(
+        v4.options.len() % 4,
+        0,
+        "IPv4 options must fill whole words"
+    );
     let header = 20 + v4.options.len();
     let total = header + payload.len();
     let mut buf = vec![0u8; total];
@@ -511,6 +640,24 @@ fn ipv6_options_header(next: IpNextHeaderProtocol, inner: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// An IPv6 fragment header (offset in 8-byte units, M flag), followed by `inner`.
+fn ipv6_fragment_header(
+    next: IpNextHeaderProtocol,
+    offset_units: u16,
+    more: bool,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 8 + inner.len()];
+    {
+        let mut frag = MutableFragmentPacket::new(&mut buf[..8]).expect("fragment header buffer");
+        frag.set_next_header(next);
+        frag.set_fragment_offset_with_flags(offset_units << 3 | u16::from(more));
+        frag.set_id(0x1f2e_3d4c);
+    }
+    buf[8..].copy_from_slice(inner);
+    buf
+}
+
 fn udp(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 8 + payload.len()];
     let len = buf.len() as u16;
@@ -530,7 +677,13 @@ fn udp(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
 
 /// A SYN with the usual options: MSS, SACK permitted, timestamps, window scale.
 fn tcp_syn(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
-    let options = [TcpOption::mss(1460), TcpOption::sack_perm(), TcpOption::timestamp(0x1234_5678, 0), TcpOption::nop(), TcpOption::wscale(7)];
+    let options = [
+        TcpOption::mss(1460),
+        TcpOption::sack_perm(),
+        TcpOption::timestamp(0x1234_5678, 0),
+        TcpOption::nop(),
+        TcpOption::wscale(7),
+    ];
     let options_len = 4 + 2 + 10 + 1 + 3;
     let mut buf = vec![0u8; 20 + options_len + payload.len()];
     let mut t = MutableTcpPacket::new(&mut buf).expect("TCP buffer");
@@ -566,13 +719,18 @@ fn icmp_echo(payload: &[u8]) -> Vec<u8> {
 
 fn icmpv6_echo(payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 8 + payload.len()];
-    let mut e = icmpv6::echo_request::MutableEchoRequestPacket::new(&mut buf).expect("ICMPv6 buffer");
+    let mut e =
+        icmpv6::echo_request::MutableEchoRequestPacket::new(&mut buf).expect("ICMPv6 buffer");
     e.set_icmpv6_type(Icmpv6Types::EchoRequest);
     e.set_icmpv6_code(Icmpv6Code::new(0));
     e.set_identifier(0x77);
     e.set_sequence_number(1);
     e.set_payload(payload);
-    let sum = icmpv6::checksum(&Icmpv6Packet::new(e.packet()).expect("ICMPv6 packet"), &CLIENT_V6, &SERVER_V6);
+    let sum = icmpv6::checksum(
+        &Icmpv6Packet::new(e.packet()).expect("ICMPv6 packet"),
+        &CLIENT_V6,
+        &SERVER_V6,
+    );
     e.set_checksum(sum);
     buf
 }
@@ -592,7 +750,9 @@ fn arp_request() -> Vec<u8> {
         a.set_target_proto_addr(Ipv4Addr::new(192, 168, 1, 1));
     }
     let mut frame = ethernet(EtherTypes::Arp, &arp);
-    MutableEthernetPacket::new(&mut frame).expect("Ethernet").set_destination(MacAddr::broadcast());
+    MutableEthernetPacket::new(&mut frame)
+        .expect("Ethernet")
+        .set_destination(MacAddr::broadcast());
     frame
 }
 
@@ -607,11 +767,18 @@ fn payload(n: usize) -> Vec<u8> {
 }
 
 fn ipv4_udp_l3(payload_len: usize) -> Vec<u8> {
-    ipv4(IpNextHeaderProtocols::Udp, V4_PLAIN, &udp(V4_SRC, V4_DST, &payload(payload_len)))
+    ipv4(
+        IpNextHeaderProtocols::Udp,
+        V4_PLAIN,
+        &udp(V4_SRC, V4_DST, &payload(payload_len)),
+    )
 }
 
 fn ipv6_udp_l3(payload_len: usize) -> Vec<u8> {
-    ipv6(IpNextHeaderProtocols::Udp, &udp(V6_SRC, V6_DST, &payload(payload_len)))
+    ipv6(
+        IpNextHeaderProtocols::Udp,
+        &udp(V6_SRC, V6_DST, &payload(payload_len)),
+    )
 }
 
 fn ipv4_udp_frame() -> Vec<u8> {
@@ -619,7 +786,11 @@ fn ipv4_udp_frame() -> Vec<u8> {
 }
 
 fn truncated(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
-    assert!(len < frame.len(), "truncating a {}-byte frame to {len} bytes", frame.len());
+    assert!(
+        len < frame.len(),
+        "truncating a {}-byte frame to {len} bytes",
+        frame.len()
+    );
     frame.truncate(len);
     frame
 }
@@ -648,13 +819,23 @@ impl Fixture {
 
 /// A fixture both programs treat alike.
 fn fx(name: &'static str, packet: Vec<u8>, expect: Expect) -> Fixture {
-    Fixture { name, packet, ingress: expect, egress: expect }
+    Fixture {
+        name,
+        packet,
+        ingress: expect,
+        egress: expect,
+    }
 }
 
 /// A fixture that only lan_ingress gets to see: the skb test run refuses it (see
 /// `test_run_refuses`).
 fn fx_xdp_only(name: &'static str, packet: Vec<u8>, ingress: Expect) -> Fixture {
-    Fixture { name, packet, ingress, egress: Expect::Rejected }
+    Fixture {
+        name,
+        packet,
+        ingress,
+        egress: Expect::Rejected,
+    }
 }
 
 const fn counted(class: Class, vlan: bool) -> Expect {
@@ -671,22 +852,39 @@ fn fixtures() -> Vec<Fixture> {
 
     let ipv4_tcp_opts = ipv4(
         IpNextHeaderProtocols::Tcp,
-        V4 { options: &ROUTER_ALERT, ..V4_PLAIN },
+        V4 {
+            options: &ROUTER_ALERT,
+            ..V4_PLAIN
+        },
         &tcp_syn(V4_SRC, V4_DST, &[]),
     );
-    assert_eq!(ipv4_tcp_opts[0] & 0x0f, 6, "the IPv4/TCP fixture must have IHL 6");
+    assert_eq!(
+        ipv4_tcp_opts[0] & 0x0f,
+        6,
+        "the IPv4/TCP fixture must have IHL 6"
+    );
 
     // IHL 15: 40 bytes of options (NOPs, then End of Options List).
     let mut nops = [Ipv4OptionNumbers::NOP.0; 40];
     nops[39] = Ipv4OptionNumbers::EOL.0;
     let nops: &'static [u8] = Box::leak(Box::new(nops));
-    let ipv4_ihl15 = ipv4(IpNextHeaderProtocols::Udp, V4 { options: nops, ..V4_PLAIN }, &udp(V4_SRC, V4_DST, &payload(8)));
+    let ipv4_ihl15 = ipv4(
+        IpNextHeaderProtocols::Udp,
+        V4 {
+            options: nops,
+            ..V4_PLAIN
+        },
+        &udp(V4_SRC, V4_DST, &payload(8)),
+    );
 
     let ipv6_ext_chain = ipv6(
         IpNextHeaderProtocols::Hopopt,
         &ipv6_options_header(
             IpNextHeaderProtocols::Ipv6Opts,
-            &ipv6_options_header(IpNextHeaderProtocols::Udp, &udp(V6_SRC, V6_DST, &payload(24))),
+            &ipv6_options_header(
+                IpNextHeaderProtocols::Udp,
+                &udp(V6_SRC, V6_DST, &payload(24)),
+            ),
         ),
     );
 
@@ -694,71 +892,255 @@ fn fixtures() -> Vec<Fixture> {
     let datagram = udp(V4_SRC, V4_DST, &payload(64));
     let first_fragment = ipv4(
         IpNextHeaderProtocols::Udp,
-        V4 { flags: Ipv4Flags::MoreFragments, ..V4_PLAIN },
+        V4 {
+            flags: Ipv4Flags::MoreFragments,
+            ..V4_PLAIN
+        },
         &datagram[..24],
     );
-    let later_fragment = ipv4(IpNextHeaderProtocols::Udp, V4 { flags: 0, fragment_offset: 3, ..V4_PLAIN }, &datagram[24..]);
+    let later_fragment = ipv4(
+        IpNextHeaderProtocols::Udp,
+        V4 {
+            flags: 0,
+            fragment_offset: 3,
+            ..V4_PLAIN
+        },
+        &datagram[24..],
+    );
 
     let mut ihl4 = ipv4_udp_frame();
-    MutableIpv4Packet::new(&mut ihl4[ETH_HLEN..]).expect("IPv4").set_header_length(4);
+    MutableIpv4Packet::new(&mut ihl4[ETH_HLEN..])
+        .expect("IPv4")
+        .set_header_length(4);
 
-    let ipv4_ihl6_header = ipv4(IpNextHeaderProtocols::Udp, V4 { options: &ROUTER_ALERT, ..V4_PLAIN }, &[]);
+    let ipv4_ihl6_header = ipv4(
+        IpNextHeaderProtocols::Udp,
+        V4 {
+            options: &ROUTER_ALERT,
+            ..V4_PLAIN
+        },
+        &[],
+    );
+
+    let ipv4_tcp = ethernet(
+        EtherTypes::Ipv4,
+        &ipv4(
+            IpNextHeaderProtocols::Tcp,
+            V4_PLAIN,
+            &tcp_syn(V4_SRC, V4_DST, &[]),
+        ),
+    );
+    let mut tcp_doff4 = ipv4_tcp.clone();
+    MutableTcpPacket::new(&mut tcp_doff4[ETH_HLEN + 20..])
+        .expect("TCP")
+        .set_data_offset(4);
+    let ipv4_icmp = ethernet(
+        EtherTypes::Ipv4,
+        &ipv4(
+            IpNextHeaderProtocols::Icmp,
+            V4_PLAIN,
+            &icmp_echo(&payload(56)),
+        ),
+    );
+
+    // IPv6 fragments of one UDP datagram: the first carries the UDP header, a later
+    // one only data.
+    let datagram6 = udp(V6_SRC, V6_DST, &payload(64));
+    let ipv6_first_fragment = ipv6(
+        IpNextHeaderProtocols::Ipv6Frag,
+        &ipv6_fragment_header(IpNextHeaderProtocols::Udp, 0, true, &datagram6[..24]),
+    );
+    let ipv6_later_fragment = ipv6(
+        IpNextHeaderProtocols::Ipv6Frag,
+        &ipv6_fragment_header(IpNextHeaderProtocols::Udp, 3, false, &datagram6[24..28]),
+    );
+    // Seven destination options headers: the parser walks six, then takes the seventh
+    // as a transport without ports.
+    let mut seven_ext = udp(V6_SRC, V6_DST, &payload(8));
+    let mut next = IpNextHeaderProtocols::Udp;
+    for _ in 0..7 {
+        seven_ext = ipv6_options_header(next, &seven_ext);
+        next = IpNextHeaderProtocols::Ipv6Opts;
+    }
+    let ipv6_seven_ext = ipv6(next, &seven_ext);
+    let ipv6_icmpv6 = ethernet(
+        EtherTypes::Ipv6,
+        &ipv6(IpNextHeaderProtocols::Icmpv6, &icmpv6_echo(&payload(56))),
+    );
 
     // 1500 bytes of IPv4 (a full standard MTU) in a 1514-byte frame.
     let mtu_frame = ethernet(EtherTypes::Ipv4, &ipv4_udp_l3(1500 - 20 - 8));
-    assert_eq!(mtu_frame.len(), 1514, "the MTU fixture must be a 1514-byte frame");
+    assert_eq!(
+        mtu_frame.len(),
+        1514,
+        "the MTU fixture must be a 1514-byte frame"
+    );
 
     let ipv6_udp = ethernet(EtherTypes::Ipv6, &ipv6_udp_l3(32));
 
     vec![
         // Well-formed traffic.
         fx("ipv4_udp", ipv4_udp_frame(), counted(Ipv4, UNTAGGED)),
-        fx("ipv4_tcp_syn_ihl6_router_alert_tcp_options", ethernet(EtherTypes::Ipv4, &ipv4_tcp_opts), counted(Ipv4, UNTAGGED)),
-        fx("ipv4_udp_ihl15_max_options", ethernet(EtherTypes::Ipv4, &ipv4_ihl15), counted(Ipv4, UNTAGGED)),
         fx(
-            "ipv4_icmp_echo",
-            ethernet(EtherTypes::Ipv4, &ipv4(IpNextHeaderProtocols::Icmp, V4_PLAIN, &icmp_echo(&payload(56)))),
+            "ipv4_tcp_syn_ihl6_router_alert_tcp_options",
+            ethernet(EtherTypes::Ipv4, &ipv4_tcp_opts),
             counted(Ipv4, UNTAGGED),
         ),
-        fx("ipv4_header_only_20_bytes", ethernet(EtherTypes::Ipv4, &ipv4(IpNextHeaderProtocols::Udp, V4_PLAIN, &[])), counted(Ipv4, UNTAGGED)),
-        fx("ipv4_first_fragment", ethernet(EtherTypes::Ipv4, &first_fragment), counted(Ipv4, UNTAGGED)),
-        fx("ipv4_non_first_fragment", ethernet(EtherTypes::Ipv4, &later_fragment), counted(Ipv4, UNTAGGED)),
-        fx("ipv4_udp_1500_byte_packet_1514_byte_frame", mtu_frame, counted(Ipv4, UNTAGGED)),
+        fx(
+            "ipv4_udp_ihl15_max_options",
+            ethernet(EtherTypes::Ipv4, &ipv4_ihl15),
+            counted(Ipv4, UNTAGGED),
+        ),
+        fx("ipv4_tcp_syn", ipv4_tcp.clone(), counted(Ipv4, UNTAGGED)),
+        fx("ipv4_icmp_echo", ipv4_icmp.clone(), counted(Ipv4, UNTAGGED)),
+        // GRE has no ports: nothing to read past the IP header.
+        fx(
+            "ipv4_gre_header_only_20_bytes",
+            ethernet(
+                EtherTypes::Ipv4,
+                &ipv4(IpNextHeaderProtocols::Gre, V4_PLAIN, &[]),
+            ),
+            counted(Ipv4, UNTAGGED),
+        ),
+        fx(
+            "ipv4_first_fragment",
+            ethernet(EtherTypes::Ipv4, &first_fragment),
+            counted(Ipv4, UNTAGGED),
+        ),
+        fx(
+            "ipv4_non_first_fragment",
+            ethernet(EtherTypes::Ipv4, &later_fragment),
+            counted(Ipv4, UNTAGGED),
+        ),
+        // A later fragment has no transport header: 4 bytes of data are enough.
+        fx(
+            "ipv4_non_first_fragment_4_bytes",
+            ethernet(
+                EtherTypes::Ipv4,
+                &ipv4(
+                    IpNextHeaderProtocols::Udp,
+                    V4 {
+                        flags: 0,
+                        fragment_offset: 3,
+                        ..V4_PLAIN
+                    },
+                    &datagram[24..28],
+                ),
+            ),
+            counted(Ipv4, UNTAGGED),
+        ),
+        fx(
+            "ipv4_udp_1500_byte_packet_1514_byte_frame",
+            mtu_frame,
+            counted(Ipv4, UNTAGGED),
+        ),
         fx(
             "ipv6_tcp_syn",
-            ethernet(EtherTypes::Ipv6, &ipv6(IpNextHeaderProtocols::Tcp, &tcp_syn(V6_SRC, V6_DST, &[]))),
+            ethernet(
+                EtherTypes::Ipv6,
+                &ipv6(IpNextHeaderProtocols::Tcp, &tcp_syn(V6_SRC, V6_DST, &[])),
+            ),
             counted(Ipv6, UNTAGGED),
         ),
         fx("ipv6_udp", ipv6_udp.clone(), counted(Ipv6, UNTAGGED)),
-        fx("ipv6_hop_by_hop_dest_opts_udp", ethernet(EtherTypes::Ipv6, &ipv6_ext_chain), counted(Ipv6, UNTAGGED)),
         fx(
-            "ipv6_icmpv6_echo",
-            ethernet(EtherTypes::Ipv6, &ipv6(IpNextHeaderProtocols::Icmpv6, &icmpv6_echo(&payload(56)))),
+            "ipv6_hop_by_hop_dest_opts_udp",
+            ethernet(EtherTypes::Ipv6, &ipv6_ext_chain),
             counted(Ipv6, UNTAGGED),
         ),
-        fx("ipv6_header_only_40_bytes", ethernet(EtherTypes::Ipv6, &ipv6(IpNextHeaderProtocols::Ipv6NoNxt, &[])), counted(Ipv6, UNTAGGED)),
+        fx(
+            "ipv6_seven_dest_opts_headers_udp",
+            ethernet(EtherTypes::Ipv6, &ipv6_seven_ext),
+            counted(Ipv6, UNTAGGED),
+        ),
+        fx(
+            "ipv6_first_fragment_udp",
+            ethernet(EtherTypes::Ipv6, &ipv6_first_fragment),
+            counted(Ipv6, UNTAGGED),
+        ),
+        fx(
+            "ipv6_non_first_fragment_4_bytes",
+            ethernet(EtherTypes::Ipv6, &ipv6_later_fragment),
+            counted(Ipv6, UNTAGGED),
+        ),
+        fx(
+            "ipv6_icmpv6_echo",
+            ipv6_icmpv6.clone(),
+            counted(Ipv6, UNTAGGED),
+        ),
+        fx(
+            "ipv6_header_only_40_bytes",
+            ethernet(
+                EtherTypes::Ipv6,
+                &ipv6(IpNextHeaderProtocols::Ipv6NoNxt, &[]),
+            ),
+            counted(Ipv6, UNTAGGED),
+        ),
         fx("arp_request", arp_request(), counted(Other, UNTAGGED)),
         fx("all_zero_60_bytes", vec![0u8; 60], counted(Other, UNTAGGED)),
         // VLAN tags.
-        fx("dot1q_ipv4_udp", tagged(&[dot1q(10)], EtherTypes::Ipv4, &ipv4_udp_l3(32)), counted(Ipv4, TAGGED)),
-        fx("qinq_dot1ad_dot1q_ipv6_udp", tagged(&[dot1ad(100), dot1q(10)], EtherTypes::Ipv6, &ipv6_udp_l3(32)), counted(Ipv6, TAGGED)),
-        fx("dot1q_arp", tagged(&[dot1q(10)], EtherTypes::Arp, &arp_request()[ETH_HLEN..]), counted(Other, TAGGED)),
+        fx(
+            "dot1q_ipv4_udp",
+            tagged(&[dot1q(10)], EtherTypes::Ipv4, &ipv4_udp_l3(32)),
+            counted(Ipv4, TAGGED),
+        ),
+        fx(
+            "qinq_dot1ad_dot1q_ipv6_udp",
+            tagged(
+                &[dot1ad(100), dot1q(10)],
+                EtherTypes::Ipv6,
+                &ipv6_udp_l3(32),
+            ),
+            counted(Ipv6, TAGGED),
+        ),
+        fx(
+            "dot1q_arp",
+            tagged(&[dot1q(10)], EtherTypes::Arp, &arp_request()[ETH_HLEN..]),
+            counted(Other, TAGGED),
+        ),
         // The parser reads two tags; what follows the second is an unknown ethertype.
         fx(
             "three_tags_ipv4_is_other",
-            tagged(&[dot1ad(100), dot1q(10), dot1q(20)], EtherTypes::Ipv4, &ipv4_udp_l3(32)),
+            tagged(
+                &[dot1ad(100), dot1q(10), dot1q(20)],
+                EtherTypes::Ipv4,
+                &ipv4_udp_l3(32),
+            ),
             counted(Other, TAGGED),
         ),
         // Only 0x8100 and 0x88a8 are tags; the old 0x9100 QinQ TPID is an unknown ethertype.
-        fx("tpid_0x9100_is_other", tagged(&[(EtherTypes::QinQ, 100)], EtherTypes::Ipv4, &ipv4_udp_l3(32)), counted(Other, UNTAGGED)),
+        fx(
+            "tpid_0x9100_is_other",
+            tagged(
+                &[(EtherTypes::QinQ, 100)],
+                EtherTypes::Ipv4,
+                &ipv4_udp_l3(32),
+            ),
+            counted(Other, UNTAGGED),
+        ),
         // Truncated at every layer. Under 14 bytes the kernel refuses the test run of
         // either program (EINVAL from bpf_test_init), so the parser's own Ethernet
         // length check cannot be reached through BPF_PROG_TEST_RUN.
-        fx("ethernet_13_bytes", truncated(ipv4_udp_frame(), 13), Expect::Rejected),
+        fx(
+            "ethernet_13_bytes",
+            truncated(ipv4_udp_frame(), 13),
+            Expect::Rejected,
+        ),
         // The skb test run refuses an untagged IPv4/IPv6 ethertype with a short L3
         // header; the tagged variants below take the same parser paths in lan_egress.
-        fx_xdp_only("ethernet_header_only_ethertype_ipv4", truncated(ipv4_udp_frame(), 14), counted(Malformed, UNTAGGED)),
-        fx("dot1q_tag_then_nothing_ethertype_ipv4", truncated(tagged(&[dot1q(10)], EtherTypes::Ipv4, &ipv4_udp_l3(32)), ETH_HLEN + 4), counted(Malformed, TAGGED)),
+        fx_xdp_only(
+            "ethernet_header_only_ethertype_ipv4",
+            truncated(ipv4_udp_frame(), 14),
+            counted(Malformed, UNTAGGED),
+        ),
+        fx(
+            "dot1q_tag_then_nothing_ethertype_ipv4",
+            truncated(
+                tagged(&[dot1q(10)], EtherTypes::Ipv4, &ipv4_udp_l3(32)),
+                ETH_HLEN + 4,
+            ),
+            counted(Malformed, TAGGED),
+        ),
         fx(
             "ethernet_header_only_ethertype_arp",
             truncated(arp_request(), 14),
@@ -766,20 +1148,37 @@ fn fixtures() -> Vec<Fixture> {
         ),
         fx(
             "dot1q_tag_cut_at_2_bytes",
-            truncated(tagged(&[dot1q(10)], EtherTypes::Ipv4, &ipv4_udp_l3(32)), ETH_HLEN + 2),
+            truncated(
+                tagged(&[dot1q(10)], EtherTypes::Ipv4, &ipv4_udp_l3(32)),
+                ETH_HLEN + 2,
+            ),
             counted(Malformed, UNTAGGED),
         ),
         fx(
             "qinq_inner_tag_cut_at_2_bytes",
-            truncated(tagged(&[dot1ad(100), dot1q(10)], EtherTypes::Ipv6, &ipv6_udp_l3(32)), ETH_HLEN + 4 + 2),
+            truncated(
+                tagged(
+                    &[dot1ad(100), dot1q(10)],
+                    EtherTypes::Ipv6,
+                    &ipv6_udp_l3(32),
+                ),
+                ETH_HLEN + 4 + 2,
+            ),
             counted(Malformed, TAGGED),
         ),
         fx(
             "dot1q_ipv4_cut_at_19_bytes",
-            truncated(tagged(&[dot1q(10)], EtherTypes::Ipv4, &ipv4_udp_l3(32)), ETH_HLEN + 4 + 19),
+            truncated(
+                tagged(&[dot1q(10)], EtherTypes::Ipv4, &ipv4_udp_l3(32)),
+                ETH_HLEN + 4 + 19,
+            ),
             counted(Malformed, TAGGED),
         ),
-        fx_xdp_only("ipv4_header_cut_at_19_bytes", truncated(ipv4_udp_frame(), ETH_HLEN + 19), counted(Malformed, UNTAGGED)),
+        fx_xdp_only(
+            "ipv4_header_cut_at_19_bytes",
+            truncated(ipv4_udp_frame(), ETH_HLEN + 19),
+            counted(Malformed, UNTAGGED),
+        ),
         fx(
             "ipv4_ihl6_only_20_bytes_present",
             truncated(ethernet(EtherTypes::Ipv4, &ipv4_ihl6_header), ETH_HLEN + 20),
@@ -790,17 +1189,82 @@ fn fixtures() -> Vec<Fixture> {
             truncated(ethernet(EtherTypes::Ipv4, &ipv4_ihl15), ETH_HLEN + 59),
             counted(Malformed, UNTAGGED),
         ),
-        fx_xdp_only("ipv6_header_cut_at_39_bytes", truncated(ipv6_udp, ETH_HLEN + 39), counted(Malformed, UNTAGGED)),
+        fx_xdp_only(
+            "ipv6_header_cut_at_39_bytes",
+            truncated(ipv6_udp, ETH_HLEN + 39),
+            counted(Malformed, UNTAGGED),
+        ),
         fx(
             "dot1q_ipv6_cut_at_39_bytes",
-            truncated(tagged(&[dot1q(10)], EtherTypes::Ipv6, &ipv6_udp_l3(32)), ETH_HLEN + 4 + 39),
+            truncated(
+                tagged(&[dot1q(10)], EtherTypes::Ipv6, &ipv6_udp_l3(32)),
+                ETH_HLEN + 4 + 39,
+            ),
             counted(Malformed, TAGGED),
         ),
+        // Transport headers cut short (il_parse_ip): malformed too.
+        fx(
+            "ipv4_udp_cut_at_7_bytes_of_udp",
+            truncated(ipv4_udp_frame(), ETH_HLEN + 20 + 7),
+            counted(Malformed, UNTAGGED),
+        ),
+        fx(
+            "ipv4_udp_header_missing",
+            ethernet(
+                EtherTypes::Ipv4,
+                &ipv4(IpNextHeaderProtocols::Udp, V4_PLAIN, &[]),
+            ),
+            counted(Malformed, UNTAGGED),
+        ),
+        fx(
+            "ipv4_tcp_cut_at_19_bytes_of_tcp",
+            truncated(ipv4_tcp, ETH_HLEN + 20 + 19),
+            counted(Malformed, UNTAGGED),
+        ),
+        fx(
+            "ipv4_icmp_cut_at_5_bytes_of_icmp",
+            truncated(ipv4_icmp, ETH_HLEN + 20 + 5),
+            counted(Malformed, UNTAGGED),
+        ),
+        fx(
+            "ipv6_hop_by_hop_cut_at_7_bytes",
+            truncated(
+                ethernet(EtherTypes::Ipv6, &ipv6_ext_chain),
+                ETH_HLEN + 40 + 7,
+            ),
+            counted(Malformed, UNTAGGED),
+        ),
+        fx(
+            "ipv6_udp_after_ext_chain_cut_at_4_bytes",
+            truncated(
+                ethernet(EtherTypes::Ipv6, &ipv6_ext_chain),
+                ETH_HLEN + 40 + 16 + 4,
+            ),
+            counted(Malformed, UNTAGGED),
+        ),
+        fx(
+            "ipv6_icmpv6_cut_at_5_bytes_of_icmpv6",
+            truncated(ipv6_icmpv6, ETH_HLEN + 40 + 5),
+            counted(Malformed, UNTAGGED),
+        ),
         // Inconsistent headers.
+        fx(
+            "ipv4_tcp_data_offset_4",
+            tcp_doff4,
+            counted(Malformed, UNTAGGED),
+        ),
         fx("ipv4_ihl_4", ihl4, counted(Malformed, UNTAGGED)),
-        fx("ethertype_ipv4_carrying_version_6", ethernet(EtherTypes::Ipv4, &ipv6_udp_l3(32)), counted(Malformed, UNTAGGED)),
+        fx(
+            "ethertype_ipv4_carrying_version_6",
+            ethernet(EtherTypes::Ipv4, &ipv6_udp_l3(32)),
+            counted(Malformed, UNTAGGED),
+        ),
         // 60 bytes of IPv4, so the IPv6 length check passes and the version check decides.
-        fx("ethertype_ipv6_carrying_version_4", ethernet(EtherTypes::Ipv6, &ipv4_udp_l3(32)), counted(Malformed, UNTAGGED)),
+        fx(
+            "ethertype_ipv6_carrying_version_4",
+            ethernet(EtherTypes::Ipv6, &ipv4_udp_l3(32)),
+            counted(Malformed, UNTAGGED),
+        ),
     ]
 }
 
@@ -835,13 +1299,27 @@ fn every_fixture_through_both_programs() {
             let before = h.counters();
             let result = h.run(hook, &f.packet, 1);
             let after = h.counters();
-            if let Err(e) = check_run(hook, &f.packet, 1, f.expect(hook), &before, &after, &result) {
-                failures.push(format!("{} via {hook}: {e}\n    packet {}", f.name, hex(&f.packet, 96)));
+            if let Err(e) = check_run(hook, &f.packet, 1, f.expect(hook), &before, &after, &result)
+            {
+                failures.push(format!(
+                    "{} via {hook}: {e}\n    packet {}",
+                    f.name,
+                    hex(&f.packet, 96)
+                ));
             }
         }
     }
-    eprintln!("{} fixtures, each through {} programs", fixtures.len(), Hook::BOTH.len());
-    assert!(failures.is_empty(), "{} fixture check(s) failed:\n  {}", failures.len(), failures.join("\n  "));
+    eprintln!(
+        "{} fixtures, each through {} programs",
+        fixtures.len(),
+        Hook::BOTH.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} fixture check(s) failed:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
 }
 
 #[test]
@@ -857,8 +1335,12 @@ fn repeat_counts_every_run() {
         let before = h.counters();
         let result = h.run(hook, &packet, REPEAT);
         let after = h.counters();
-        let packets = diff(&hook.split(&after).0, &hook.split(&before).0).packets;
-        assert_eq!(packets, u64::from(REPEAT), "{hook}: expected the packet counter to rise by {REPEAT}, saw {packets}");
+        let packets = diff(hook.split(&after).0, hook.split(&before).0).packets;
+        assert_eq!(
+            packets,
+            u64::from(REPEAT),
+            "{hook}: expected the packet counter to rise by {REPEAT}, saw {packets}"
+        );
         if let Err(e) = check_run(hook, &packet, REPEAT, expect, &before, &after, &result) {
             panic!("{hook} with repeat {REPEAT}: {e}");
         }
@@ -891,6 +1373,7 @@ impl XorShift {
 const FUZZ_SEED: u64 = 0x1f3a_c0de_5eed_2026;
 const FUZZ_PACKETS: usize = 100_000;
 const FUZZ_MAX_LEN: usize = 1600;
+const FUZZ_REPEAT_ONE_IN: usize = 2000;
 /// Ethertypes worth aiming at: the parser's branches, plus ARP and a random one.
 const INTERESTING_ETHERTYPES: [u16; 5] = [ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD, 0x0806];
 
@@ -915,7 +1398,11 @@ fn mutate(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
         match rng.below(6) {
             0 if len > 0 => {
                 for _ in 0..1 + rng.below(8) {
-                    let at = if rng.below(2) == 0 { rng.below(len.min(80)) } else { rng.below(len) };
+                    let at = if rng.below(2) == 0 {
+                        rng.below(len.min(80))
+                    } else {
+                        rng.below(len)
+                    };
                     p[at] ^= 1 << rng.below(8);
                 }
             }
@@ -993,13 +1480,17 @@ fn fuzzed_packets_pass_unchanged_and_match_the_reference_parser() {
         .ok()
         .map(|s| {
             let s = s.trim_start_matches("0x");
-            u64::from_str_radix(s, 16).unwrap_or_else(|e| panic!("INFERLANE_FUZZ_SEED {s:?}: expected hex, {e}"))
+            u64::from_str_radix(s, 16)
+                .unwrap_or_else(|e| panic!("INFERLANE_FUZZ_SEED {s:?}: expected hex, {e}"))
         })
         .unwrap_or(FUZZ_SEED);
     assert_ne!(seed, 0, "xorshift needs a non-zero seed");
     eprintln!("fuzz seed {seed:#x} (override with INFERLANE_FUZZ_SEED=<hex>)");
 
-    let bases: Vec<Fixture> = fixtures().into_iter().filter(|f| f.ingress != Expect::Rejected).collect();
+    let bases: Vec<Fixture> = fixtures()
+        .into_iter()
+        .filter(|f| f.ingress != Expect::Rejected)
+        .collect();
     let mut rng = XorShift(seed);
     let mut h = Harness::load();
     let start_counters = h.counters();
@@ -1024,8 +1515,14 @@ fn fuzzed_packets_pass_unchanged_and_match_the_reference_parser() {
                 (Origin::Mutated(base.name), mutate(&mut rng, &base.packet))
             }
         };
-        // Repeat 1 to 3 times: counters must scale with the runs, output must not change.
-        let repeat = 1 + rng.below(3) as u32;
+        // Now and then run it 2 or 3 times in one syscall: the counters must scale, the
+        // output must not change. Rarely, because an XDP test run with repeat > 1
+        // switches the XDP dispatcher in and out (two synchronize_rcu, ~17 ms here).
+        let repeat = if rng.below(FUZZ_REPEAT_ONE_IN) == 0 {
+            2 + rng.below(2) as u32
+        } else {
+            1
+        };
         for (k, hook) in Hook::BOTH.into_iter().enumerate() {
             let expect = reference(hook, &packet);
             if expect == Expect::Rejected {
@@ -1066,15 +1563,22 @@ fn fuzzed_packets_pass_unchanged_and_match_the_reference_parser() {
             seen, want_total[k],
             "fuzz seed {seed:#x}, {hook}: expected the totals of the reference parser, saw the kernel's"
         );
-        let untouched = diff(hook.split(&end).1, hook.split(&start_counters).1);
-        assert_eq!(untouched, Counters::default(), "fuzz seed {seed:#x}, {hook}: expected the other direction unchanged");
         eprintln!("{hook}: {seen:?}");
     }
     // The generator must keep reaching every branch, or a passing run proves little.
     let t = &want_total[0];
     let floor = (FUZZ_PACKETS / 50) as u64;
-    for (what, n) in [("ipv4", t.ipv4), ("ipv6", t.ipv6), ("other", t.other), ("malformed", t.malformed), ("vlan", t.vlan)] {
-        assert!(n >= floor, "fuzz seed {seed:#x}: expected at least {floor} {what} runs in the corpus, saw {n}");
+    for (what, n) in [
+        ("ipv4", t.ipv4),
+        ("ipv6", t.ipv6),
+        ("other", t.other),
+        ("malformed", t.malformed),
+        ("vlan", t.vlan),
+    ] {
+        assert!(
+            n >= floor,
+            "fuzz seed {seed:#x}: expected at least {floor} {what} runs in the corpus, saw {n}"
+        );
     }
     assert!(
         rejected[0] >= 100,

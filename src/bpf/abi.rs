@@ -6,6 +6,11 @@ pub const DIR_UPLOAD: u32 = 0;
 /// Download: router to LAN client (the `lan_egress` hook).
 pub const DIR_DOWNLOAD: u32 = 1;
 
+/// Interfaces with an ifindex below this count into the per-CPU array
+/// `if_counters_array` (slot ifindex * 2 + direction); others into the hash
+/// `if_counters` (IL_IF_ARRAY_IFINDEXES in ebpf/inferlane_maps.h).
+pub const IF_ARRAY_IFINDEXES: u32 = 1024;
+
 /// `struct il_if_key`
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,7 +8,7 @@ pub mod maps;
 
 use std::collections::BTreeMap;
 
-use aya::maps::{PerCpuHashMap, PerCpuValues};
+use aya::maps::{PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::tc::{NlOptions, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
@@ -24,6 +24,7 @@ pub const PROG_LAN_INGRESS_TC: &str = "lan_ingress_tc";
 pub const PROG_LAN_EGRESS: &str = "lan_egress";
 pub const PROG_WAN_EGRESS: &str = "wan_egress";
 const MAP_IF_COUNTERS: &str = "if_counters";
+const MAP_IF_COUNTERS_ARRAY: &str = "if_counters_array";
 const MAP_FLOWS: &str = "flows";
 
 /// Default flow table size (entries), as DESIGN.md and the config document.
@@ -368,16 +369,41 @@ impl Datapath {
     /// Counters of one ifindex, summed over CPUs. Index 0 is the catch-all slot for
     /// interfaces nobody registered (and for BPF_PROG_TEST_RUN, which has none).
     pub fn counters_for(&self, ifindex: u32) -> Result<IfCounters, BpfError> {
-        let map = self.counters_map()?;
-        let read = |direction| -> Result<Counters, BpfError> {
-            let values = map
-                .get(&IfKey { ifindex, direction }, 0)
-                .map_err(|source| BpfError::Map { map: MAP_IF_COUNTERS, source })?;
+        let sum = |values: PerCpuValues<Counters>| {
             let mut sum = Counters::default();
             values.iter().for_each(|c| sum.add(c));
-            Ok(sum)
+            sum
+        };
+        // Mirrors il_count(): small ifindexes live in the per-CPU array.
+        if ifindex < abi::IF_ARRAY_IFINDEXES {
+            let map = self.ebpf.map(MAP_IF_COUNTERS_ARRAY).ok_or(BpfError::Missing { kind: "map", name: MAP_IF_COUNTERS_ARRAY })?;
+            let array: PerCpuArray<&aya::maps::MapData, Counters> =
+                PerCpuArray::try_from(map).map_err(|source| BpfError::Map { map: MAP_IF_COUNTERS_ARRAY, source })?;
+            let read = |direction: u32| {
+                array
+                    .get(&(ifindex * 2 + direction), 0)
+                    .map(sum)
+                    .map_err(|source| BpfError::Map { map: MAP_IF_COUNTERS_ARRAY, source })
+            };
+            return Ok(IfCounters { upload: read(DIR_UPLOAD)?, download: read(DIR_DOWNLOAD)? });
+        }
+        let map = self.counters_map()?;
+        let read = |direction| -> Result<Counters, BpfError> {
+            map.get(&IfKey { ifindex, direction }, 0)
+                .map(sum)
+                .map_err(|source| BpfError::Map { map: MAP_IF_COUNTERS, source })
         };
         Ok(IfCounters { upload: read(DIR_UPLOAD)?, download: read(DIR_DOWNLOAD)? })
+    }
+
+    /// Counters of packets run through BPF_PROG_TEST_RUN: the kernel gives them
+    /// the loopback's ifindex (1) or none (0), so those two slots together.
+    pub fn counters_test_run(&self) -> Result<IfCounters, BpfError> {
+        let mut total = self.counters_for(0)?;
+        let lo = self.counters_for(1)?;
+        total.upload.add(&lo.upload);
+        total.download.add(&lo.download);
+        Ok(total)
     }
 
     /// Detach everything, in reverse order, continuing past failures; every
@@ -434,6 +460,11 @@ impl Datapath {
     }
 
     fn register_counters(&mut self, ifindex: u32) -> Result<(), BpfError> {
+        // Array slots always exist; only the hash needs entries (and slot 0 of the
+        // hash is the catch-all for unregistered large ifindexes).
+        if ifindex != 0 && ifindex < abi::IF_ARRAY_IFINDEXES {
+            return Ok(());
+        }
         let map = self.ebpf.map_mut(MAP_IF_COUNTERS).ok_or(BpfError::Missing { kind: "map", name: MAP_IF_COUNTERS })?;
         let mut map: PerCpuHashMap<_, IfKey, Counters> =
             PerCpuHashMap::try_from(map).map_err(|source| BpfError::Map { map: MAP_IF_COUNTERS, source })?;

@@ -137,6 +137,18 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Start `bin run -c CONFIG --netns ROUTER` and wait until its control socket answers.
     pub fn start(bin: &Path, lab: &Lab, work: &WorkDir, config_text: &str) -> Result<Self, ScenarioError> {
+        Self::start_with_env(bin, lab, work, config_text, &[])
+    }
+
+    /// As [`DaemonProcess::start`], with extra environment for the daemon only
+    /// (tests run in parallel threads: the process environment is shared).
+    pub fn start_with_env(
+        bin: &Path,
+        lab: &Lab,
+        work: &WorkDir,
+        config_text: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, ScenarioError> {
         let config = work.path().join("inferlane.toml");
         let socket = work.path().join("control.sock");
         let log = work.path().join("daemon.log");
@@ -151,6 +163,7 @@ impl DaemonProcess {
             .arg(&config)
             .args(["--netns", lab.netns(Role::Router)])
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(io("dup daemon log"))?)
             .stderr(log_file)
@@ -360,10 +373,16 @@ pub fn attached(lab: &Lab, prog_ids: &[u32]) -> Vec<String> {
 /// programs (by id), a clsact qdisc on the LAN interface, the control socket.
 pub fn leftovers(lab: &Lab, socket: &Path, prog_ids: &[u32]) -> Vec<String> {
     let mut left = attached(lab, prog_ids);
-    for id in prog_ids {
-        if lab.run(Role::Router, "bpftool", &["prog", "show", "id", &id.to_string()]).is_ok() {
-            left.push(format!("program id {id} still loaded"));
-        }
+    // The kernel frees a program after an RCU grace period once its last link or
+    // filter is gone (netlink filters are destroyed from a work queue): give it a
+    // moment before calling it left behind.
+    let loaded = |id: &u32| lab.run(Role::Router, "bpftool", &["prog", "show", "id", &id.to_string()]).is_ok();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while prog_ids.iter().any(loaded) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for id in prog_ids.iter().filter(|id| loaded(id)) {
+        left.push(format!("program id {id} still loaded"));
     }
     match lab.run(Role::Router, "tc", &["qdisc", "show", "dev", addr::ROUTER_LAN_IF]) {
         Ok(out) if out.contains("clsact") => left.push(format!("clsact qdisc left on {}", addr::ROUTER_LAN_IF)),
