@@ -51,7 +51,7 @@ check-clean:
 	@left=""; \
 	ns=$$(ip netns list 2>/dev/null | awk '$$1 ~ /^il[0-9]+[a-z]+-/ {print $$1}'); [ -z "$$ns" ] || left="$$left namespaces: $$ns;"; \
 	[ ! -e /sys/fs/bpf/inferlane ] || left="$$left pins under /sys/fs/bpf/inferlane;"; \
-	progs=$$(bpftool prog show 2>/dev/null | grep -cE ' name (lan_ingress|lan_egress) ' || true); \
+	progs=$$(bpftool prog show 2>/dev/null | grep -cE ' name (lan_ingress|lan_ingress_tc|lan_egress|wan_egress) ' || true); \
 	[ "$$progs" = 0 ] || left="$$left $$progs inferlane programs still loaded;"; \
 	if [ -n "$$left" ]; then echo "error: left behind:$$left"; exit 1; fi; echo "nothing left behind"
 

@@ -408,6 +408,8 @@ pub struct Report {
     pub traffic: Vec<TrafficRun>,
     pub comparisons: Vec<Comparison>,
     pub daemon_status: Option<Status>,
+    /// The daemon's flow table after the traffic (`inferlane flows`).
+    pub flows: Vec<crate::control::flows::FlowInfo>,
     pub daemon_exit: Option<ExitStatus>,
     pub leftovers: Vec<String>,
     pub namespaces_left: Vec<String>,
@@ -451,6 +453,15 @@ impl Report {
                 c.relative_error() * 100.0
             );
         }
+        if !self.flows.is_empty() {
+            let mut flows: Vec<_> = self.flows.iter().filter(|f| f.proto == "tcp" || f.proto == "udp").cloned().collect();
+            flows.sort_by_key(|f| std::cmp::Reverse(f.up_bytes + f.down_bytes));
+            flows.truncate(6);
+            let _ = writeln!(o, "\nbusiest flows (inferlane flows; the lab config marks TCP to port 5201 interactive, DSCP AF41 = 34):");
+            for line in crate::control::flows::render(&flows).lines() {
+                let _ = writeln!(o, "  {line}");
+            }
+        }
         let exit = match self.daemon_exit {
             Some(s) if s.success() => "exit 0".to_string(),
             Some(s) => format!("{s}"),
@@ -492,6 +503,9 @@ pub fn run_scenario(bin: &Path, seconds: u32) -> Result<Report, ScenarioError> {
     report.traffic.push(iperf(&lab, "UDP upload 20 Mbit/s, IPv4", &["-c", &s4, "-u", "-b", "20M", "-t", "1"])?);
     let after = (daemon.status()?, lab.link_stats(Role::Router, addr::ROUTER_LAN_IF)?);
     report.comparisons = compare((&before.0, &before.1), (&after.0, &after.1), addr::ROUTER_LAN_IF);
+    if let Ok(Response::Flows { flows }) = control::client::request(daemon.socket(), &Request::Flows) {
+        report.flows = flows;
+    }
     report.daemon_status = Some(after.0);
 
     let ids = report.daemon_status.as_ref().map(prog_ids).unwrap_or_default();
