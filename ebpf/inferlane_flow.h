@@ -110,68 +110,96 @@ static __always_inline int il_ports_match(const struct il_rule *rule, __u8 proto
 	return 0;
 }
 
-/* The rule maps of one copy, as a macro so each copy's maps are named directly
- * (the verifier wants a known map at every call site). */
+/* State of one classification, shared with the bpf_loop callback. */
+struct il_cls_ctx {
+	struct il_candidates *cand;
+	__u8 client[16];
+	__u32 found;     /* rule index that matched, or IL_NO_RULE */
+	__u16 provider;
+	__u16 port;      /* remote port, host order */
+	__u8 proto;
+	__u8 pad[3];
+};
+
+#define IL_NO_RULE 0xffffffffu
+
+/*
+ * The rule maps of one copy, as a macro so each copy's maps are named directly
+ * (the verifier wants a known map at every call site). The candidates are walked
+ * with bpf_loop: its callback is verified once, where an unrolled loop of 16
+ * candidates times their checks would exceed the verifier's budget.
+ */
 #define IL_CLASSIFY_IN(N)                                                      \
+	static long il_try_rule_##N(__u32 i, void *data)                       \
+	{                                                                      \
+		struct il_cls_ctx *c = data;                                   \
+		struct il_candidates *cand = c->cand;                          \
+		struct il_rule *rule;                                          \
+		__u32 idx;                                                     \
+                                                                               \
+		if (!cand || i >= IL_MAX_CANDIDATES || i >= cand->n)           \
+			return 1;                                              \
+		/* clang compares a copy of i and indexes with another       \
+		 * register, which the verifier then sees unbounded: hide i  \
+		 * from the optimiser and mask it. */                        \
+		asm volatile("" : "+r"(i));                                    \
+		idx = cand->rule[i & (IL_MAX_CANDIDATES - 1)];                 \
+		rule = bpf_map_lookup_elem(&rules_##N, &idx);                  \
+		if (!rule)                                                     \
+			return 0;                                              \
+		if (rule->flags & IL_RULE_F_PROVIDERS) {                       \
+			struct il_rule_provider_key pk = {                     \
+				.rule = idx, .provider = c->provider };        \
+			if (!c->provider)                                      \
+				return 0;                                      \
+			if (!(rule->flags & IL_RULE_F_ANY_PROVIDER) &&         \
+			    !bpf_map_lookup_elem(&rule_providers_##N, &pk))    \
+				return 0;                                      \
+		}                                                              \
+		if ((rule->flags & IL_RULE_F_PORTS) &&                         \
+		    !il_ports_match(rule, c->proto, c->port))                  \
+			return 0;                                              \
+		if (rule->flags & IL_RULE_F_CLIENTS) {                         \
+			struct il_client_key ck = {                            \
+				.prefixlen = 32 + 128,                         \
+				.rule_be = bpf_htonl(idx),                     \
+			};                                                     \
+			__builtin_memcpy(ck.addr, c->client, 16);              \
+			if (!bpf_map_lookup_elem(&clients_##N, &ck))           \
+				return 0;                                      \
+		}                                                              \
+		c->found = idx;                                                \
+		return 1;                                                      \
+	}                                                                      \
+                                                                               \
 	static __always_inline struct il_rule *il_classify_##N(                \
-		const struct il_flow_key *key, __u32 *rule_idx)                 \
+		const struct il_flow_key *key, __u16 provider, __u32 *rule_idx) \
 	{                                                                      \
 		struct il_lpm_key dk = { .prefixlen = 128 };                   \
-		struct il_candidates *cand;                                    \
-		__u16 port = bpf_ntohs(key->remote_port);                      \
+		struct il_cls_ctx c = {                                        \
+			.found = IL_NO_RULE,                                   \
+			.provider = provider,                                  \
+			.port = bpf_ntohs(key->remote_port),                   \
+			.proto = key->proto,                                   \
+		};                                                             \
                                                                                \
 		__builtin_memcpy(dk.addr, key->remote, 16);                    \
-		cand = bpf_map_lookup_elem(&dests_##N, &dk);                   \
-		if (!cand)                                                     \
+		__builtin_memcpy(c.client, key->client, 16);                   \
+		c.cand = bpf_map_lookup_elem(&dests_##N, &dk);                 \
+		if (!c.cand)                                                   \
 			return 0;                                              \
-		for (int i = 0; i < IL_MAX_CANDIDATES; i++) {                  \
-			struct il_rule *rule;                                  \
-			__u32 idx;                                             \
-                                                                               \
-			if (i >= cand->n)                                      \
-				break;                                         \
-			idx = cand->rule[i];                                   \
-			rule = bpf_map_lookup_elem(&rules_##N, &idx);          \
-			if (!rule)                                             \
-				continue;                                      \
-			if (rule->flags & IL_RULE_F_PROVIDERS)                 \
-				continue;                                      \
-			if ((rule->flags & IL_RULE_F_PORTS) &&                 \
-			    !il_ports_match(rule, key->proto, port))           \
-				continue;                                      \
-			if (rule->flags & IL_RULE_F_CLIENTS) {                 \
-				struct il_client_key ck = {                    \
-					.prefixlen = 32 + 128,                 \
-					.rule_be = bpf_htonl(idx),             \
-				};                                             \
-				__builtin_memcpy(ck.addr, key->client, 16);    \
-				if (!bpf_map_lookup_elem(&clients_##N, &ck))  \
-					continue;                              \
-			}                                                      \
-			*rule_idx = idx;                                       \
-			return rule;                                           \
-		}                                                              \
-		return 0;                                                      \
+		bpf_loop(IL_MAX_CANDIDATES, il_try_rule_##N, &c, 0);           \
+		if (c.found == IL_NO_RULE)                                     \
+			return 0;                                              \
+		*rule_idx = c.found;                                           \
+		return bpf_map_lookup_elem(&rules_##N, &c.found);              \
 	}
 
 IL_CLASSIFY_IN(0)
 IL_CLASSIFY_IN(1)
 
-/* First match in config order over the live rule copy; fills the verdict. */
-static __always_inline void il_classify(const struct il_flow_key *key, struct il_flow *flow)
+static __always_inline void il_apply(struct il_flow *flow, const struct il_rule *rule)
 {
-	struct il_settings *s = il_settings();
-	struct il_rule *rule;
-	__u32 idx = 0;
-
-	flow->dscp = IL_DSCP_KEEP;
-	if (!s || !s->n_rules)
-		return;
-	rule = s->rule_set ? il_classify_1(key, &idx) : il_classify_0(key, &idx);
-	if (!rule)
-		return;
-	flow->rule_id = idx + 1;
-	flow->source = IL_SRC_STATIC;
 	if (rule->action == IL_ACTION_BLOCK) {
 		flow->verdict = IL_VERDICT_BLOCK;
 		return;
@@ -181,6 +209,77 @@ static __always_inline void il_classify(const struct il_flow_key *key, struct il
 	flow->mark = rule->mark;
 	flow->priority = rule->priority;
 	flow->uplink = rule->uplink;
+}
+
+/* First match in config order over the live rule copy; fills the verdict. The
+ * remote address's learned provider (DNS) takes part: rules may name providers,
+ * and a provider flow no rule matched gets the provider's default class. */
+static __always_inline void il_classify(const struct il_flow_key *key, struct il_flow *flow)
+{
+	struct il_settings *s = il_settings();
+	struct il_addr_info *learned;
+	struct il_rule *rule;
+	__u16 provider = 0;
+	__u32 idx = 0;
+
+	flow->dscp = IL_DSCP_KEEP;
+	learned = bpf_map_lookup_elem(&addr_providers, key->remote);
+	if (learned && learned->provider_id) {
+		provider = learned->provider_id;
+		flow->provider_id = provider;
+		flow->source = IL_SRC_DNS;
+	}
+	if (!s || !s->n_rules)
+		return;
+	rule = s->rule_set ? il_classify_1(key, provider, &idx) : il_classify_0(key, provider, &idx);
+	if (rule) {
+		flow->rule_id = idx + 1;
+		/* A rule naming providers matched through the learned provider. */
+		if (!(rule->flags & IL_RULE_F_PROVIDERS))
+			flow->source = IL_SRC_STATIC;
+		il_apply(flow, rule);
+		return;
+	}
+	if (provider) {
+		__u32 pid = provider;
+		struct il_rule *d = s->rule_set ? bpf_map_lookup_elem(&provider_defaults_1, &pid)
+						: bpf_map_lookup_elem(&provider_defaults_0, &pid);
+
+		if (d && (d->class_id || d->action == IL_ACTION_BLOCK))
+			il_apply(flow, d);
+	}
+}
+
+/*
+ * Hand a DNS answer on its way to a client to userspace, which learns the
+ * addresses of provider names from it. Only the answer is copied; the packet
+ * continues untouched whatever happens here.
+ */
+static __always_inline void il_punt_skb(struct __sk_buff *skb, __u32 kind)
+{
+	struct il_punt *p;
+	__u32 len = skb->len;
+
+	if (len > IL_PUNT_MAX_DATA)
+		len = IL_PUNT_MAX_DATA;
+	if (len < 1)
+		return;
+	p = bpf_ringbuf_reserve(&punts, sizeof(*p), 0);
+	if (!p) {
+		IL_STAT_INC(punt_failed);
+		return;
+	}
+	p->kind = kind;
+	p->ifindex = skb->ifindex;
+	p->len = len;
+	p->orig_len = skb->len;
+	if (bpf_skb_load_bytes(skb, 0, p->data, len)) {
+		bpf_ringbuf_discard(p, 0);
+		IL_STAT_INC(punt_failed);
+		return;
+	}
+	bpf_ringbuf_submit(p, 0);
+	IL_STAT_INC(punted);
 }
 
 /* RFC 1624 incremental update of a 16-bit one's complement checksum. */

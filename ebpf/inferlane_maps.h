@@ -93,7 +93,42 @@ struct {
 		__type(value, __u8);                                           \
 	} clients_##N SEC(".maps") __weak;
 
+/* Per rule set too: which providers each rule names, and what a flow to a known
+ * provider gets when no rule matches (the class named like the catalog's default
+ * class for it, if the config has one). */
+#define IL_PROVIDER_MAPS(N)                                                    \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_HASH);                               \
+		__uint(max_entries, 65536);                                    \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                          \
+		__type(key, struct il_rule_provider_key);                      \
+		__type(value, __u8);                                           \
+	} rule_providers_##N SEC(".maps") __weak;                              \
+	struct {                                                               \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                              \
+		__uint(max_entries, IL_MAX_PROVIDERS);                         \
+		__type(key, __u32);                                            \
+		__type(value, struct il_rule);                                 \
+	} provider_defaults_##N SEC(".maps") __weak;
+
 IL_RULE_MAPS(0)
 IL_RULE_MAPS(1)
+IL_PROVIDER_MAPS(0)
+IL_PROVIDER_MAPS(1)
+
+/* Learned addresses (IPv4 mapped), written by the daemon from DNS answers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u8[16]);
+	__type(value, struct il_addr_info);
+} addr_providers SEC(".maps") __weak;
+
+/* Packets for userspace: DNS answers now, first segments of unknown flows later. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} punts SEC(".maps") __weak;
 
 #endif

@@ -118,6 +118,8 @@ struct il_flow_stats {
 	__u64 blocked;        /* packets dropped for IL_VERDICT_BLOCK flows */
 	__u64 dscp_rewritten; /* packets whose DSCP was changed */
 	__u64 download_unmatched; /* download packets with no flow (not from a client flow) */
+	__u64 punted;         /* packets copied to userspace (DNS answers, ...) */
+	__u64 punt_failed;    /* the ring buffer was full: the packet still passed */
 };
 
 /* IP fragments: the first fragment's ports, for the fragments after it. */
@@ -168,7 +170,7 @@ struct il_frag_ports {
 /* ---- Rules (compiled by userspace from the config) ---------------------------- */
 
 #define IL_MAX_PORT_RANGES 8  /* per rule; validate() refuses more */
-#define IL_MAX_CANDIDATES 16  /* rules that can apply to one destination */
+#define IL_MAX_CANDIDATES 16  /* rules that can apply to one destination (power of two) */
 
 struct il_port_range {
 	__u16 first; /* host byte order */
@@ -179,7 +181,8 @@ struct il_port_range {
 
 #define IL_RULE_F_CLIENTS   0x1 /* match the client against client_prefixes */
 #define IL_RULE_F_PORTS     0x2 /* match (proto, remote port) against ports[] */
-#define IL_RULE_F_PROVIDERS 0x4 /* needs a provider verdict (DNS/SNI): not static */
+#define IL_RULE_F_PROVIDERS 0x4 /* match the flow's provider against rule_providers */
+#define IL_RULE_F_ANY_PROVIDER 0x8 /* providers = ["*"]: any known provider */
 
 #define IL_ACTION_CLASSIFY 0
 #define IL_ACTION_BLOCK    1
@@ -220,6 +223,40 @@ struct il_client_key {
 	__u32 prefixlen;
 	__u32 rule_be;
 	__u8 addr[16];
+};
+
+/* Key of rule_providers: (rule index, provider id) present = the rule names it. */
+struct il_rule_provider_key {
+	__u32 rule;
+	__u16 provider;
+	__u16 pad;
+};
+
+/* The most provider ids a rule set describes (catalog plus config additions). */
+#define IL_MAX_PROVIDERS 1024
+
+/* ---- Learning (DNS answers -> addresses) ------------------------------------ */
+
+/* Value of addr_providers: an address some client resolved from a provider's
+ * name. Userspace adds and expires entries (TTL + grace, kept while flows use it);
+ * the datapath only reads them, at a flow's first packet. */
+struct il_addr_info {
+	__u16 provider_id;
+	__u16 pad;
+	__u32 pad2;
+};
+
+#define IL_PUNT_DNS  1 /* a DNS answer on its way to a LAN client (lan_egress) */
+#define IL_PUNT_MAX_DATA 1536
+
+/* One ring buffer record: the packet from its Ethernet header, cut at
+ * IL_PUNT_MAX_DATA. */
+struct il_punt {
+	__u32 kind;     /* IL_PUNT_* */
+	__u32 ifindex;
+	__u32 len;      /* bytes in data */
+	__u32 orig_len; /* the packet's length */
+	__u8 data[IL_PUNT_MAX_DATA];
 };
 
 /* Daemon-controlled knobs (array, one entry): rule changes are map writes and a

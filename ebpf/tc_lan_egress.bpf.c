@@ -40,6 +40,10 @@ int lan_egress(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 
 	il_frag_resolve(&pkt);
+	/* DNS answers to clients, any resolver, UDP or TCP, both families. */
+	if (pkt.l4_ok && pkt.sport == bpf_htons(53) &&
+	    (pkt.proto == IPPROTO_UDP || pkt.proto == IPPROTO_TCP) && pkt.frag != IL_FRAG_LATER)
+		il_punt_skb(skb, IL_PUNT_DNS);
 	il_key_download(&pkt, &key);
 	flow = bpf_map_lookup_elem(&flows, &key);
 	if (!flow) {

@@ -12,7 +12,6 @@ use std::time::Instant;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::bpf::maps::RuleMaps;
 use crate::bpf::{BpfError, Datapath, LoadOptions};
 use crate::classify::compile::{self, CompiledRules};
 use crate::config::{self, Config, ConfigErrors, Mode, PathSeg};
@@ -213,9 +212,8 @@ impl State {
         let result = prepare(&self.config_path).map_err(|e| e.to_string()).and_then(|p| {
             let mut live = self.live();
             restart_only_changes(&live.config, &p.config)?;
-            let maps = RuleMaps { rules: &p.rules.rules, destinations: &p.rules.destinations, clients: &p.rules.clients };
             self.datapath()
-                .install(&maps, p.config.daemon.mode == Mode::Enforce)
+                .install(&p.rules.maps(), p.config.daemon.mode == Mode::Enforce)
                 .map_err(|e| format!("install rules: {e}; the previous rules stay in force"))?;
             live.config = p.config;
             live.rules = p.rules.summary;
@@ -279,8 +277,7 @@ pub fn monotonic_ns() -> u64 {
 fn start_datapath(p: &Prepared) -> Result<Datapath, DaemonError> {
     let mut datapath = Datapath::load_with(LoadOptions { flow_table_size: p.config.daemon.flow_table_size })?;
     // Rules before attaching: the first packet of every flow is classified.
-    let maps = RuleMaps { rules: &p.rules.rules, destinations: &p.rules.destinations, clients: &p.rules.clients };
-    datapath.install(&maps, p.config.daemon.mode == Mode::Enforce)?;
+    datapath.install(&p.rules.maps(), p.config.daemon.mode == Mode::Enforce)?;
     for iface in &p.config.lan.interfaces {
         let a = datapath.attach(iface)?;
         tracing::info!(iface = %a.iface, ifindex = a.ifindex, xdp = ?a.xdp, tc = ?a.tc, "attached");

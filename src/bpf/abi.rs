@@ -117,6 +117,8 @@ pub struct FlowStats {
     pub blocked: u64,
     pub dscp_rewritten: u64,
     pub download_unmatched: u64,
+    pub punted: u64,
+    pub punt_failed: u64,
 }
 
 impl FlowStats {
@@ -129,6 +131,8 @@ impl FlowStats {
         self.blocked += o.blocked;
         self.dscp_rewritten += o.dscp_rewritten;
         self.download_unmatched += o.download_unmatched;
+        self.punted += o.punted;
+        self.punt_failed += o.punt_failed;
     }
 }
 
@@ -164,6 +168,42 @@ pub struct PortRange {
 pub const RULE_F_CLIENTS: u32 = 0x1;
 pub const RULE_F_PORTS: u32 = 0x2;
 pub const RULE_F_PROVIDERS: u32 = 0x4;
+pub const RULE_F_ANY_PROVIDER: u32 = 0x8;
+
+/// `struct il_rule_provider_key`
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RuleProviderKey {
+    pub rule: u32,
+    pub provider: u16,
+    pub pad: u16,
+}
+
+/// IL_MAX_PROVIDERS: provider ids below this fit the provider_defaults arrays.
+pub const MAX_PROVIDERS: usize = 1024;
+
+/// `struct il_addr_info`: value of addr_providers.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddrInfo {
+    pub provider_id: u16,
+    pub pad: u16,
+    pub pad2: u32,
+}
+
+pub const PUNT_DNS: u32 = 1;
+pub const PUNT_MAX_DATA: usize = 1536;
+
+/// `struct il_punt`: one ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Punt {
+    pub kind: u32,
+    pub ifindex: u32,
+    pub len: u32,
+    pub orig_len: u32,
+    pub data: [u8; PUNT_MAX_DATA],
+}
 
 pub const ACTION_CLASSIFY: u8 = 0;
 pub const ACTION_BLOCK: u8 = 1;
@@ -220,7 +260,10 @@ const _: () = assert!(std::mem::size_of::<IfKey>() == 8);
 const _: () = assert!(std::mem::size_of::<Counters>() == 56);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow>() == 112);
-const _: () = assert!(std::mem::size_of::<FlowStats>() == 64);
+const _: () = assert!(std::mem::size_of::<FlowStats>() == 80);
+const _: () = assert!(std::mem::size_of::<RuleProviderKey>() == 8);
+const _: () = assert!(std::mem::size_of::<AddrInfo>() == 8);
+const _: () = assert!(std::mem::size_of::<Punt>() == 16 + PUNT_MAX_DATA);
 const _: () = assert!(std::mem::size_of::<PortRange>() == 8);
 const _: () = assert!(std::mem::size_of::<Rule>() == 20 + 8 * MAX_PORT_RANGES);
 const _: () = assert!(std::mem::size_of::<Candidates>() == 4 + 4 * MAX_CANDIDATES);
@@ -238,6 +281,8 @@ unsafe impl aya::Pod for Rule {}
 unsafe impl aya::Pod for Candidates {}
 unsafe impl aya::Pod for Settings {}
 unsafe impl aya::Pod for FragKey {}
+unsafe impl aya::Pod for RuleProviderKey {}
+unsafe impl aya::Pod for AddrInfo {}
 
 /// An address as the datapath keys it: IPv6, or IPv4 mapped to ::ffff:a.b.c.d.
 pub fn addr_bytes(ip: std::net::IpAddr) -> [u8; 16] {

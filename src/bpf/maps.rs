@@ -4,7 +4,7 @@
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 
-use super::abi::{Candidates, ClientKeyData, Flow, FlowKey, FlowStats, Rule, Settings};
+use super::abi::{AddrInfo, Candidates, ClientKeyData, Flow, FlowKey, FlowStats, Rule, RuleProviderKey, Settings};
 use super::{BpfError, Datapath};
 
 const MAP_SETTINGS: &str = "settings";
@@ -16,7 +16,14 @@ pub struct RuleMaps<'a> {
     pub rules: &'a [Rule],
     pub destinations: &'a [(u32, [u8; 16], Candidates)],
     pub clients: &'a [(u32, ClientKeyData)],
+    /// (rule index, provider id) for rules naming providers.
+    pub rule_providers: &'a [(u32, u16)],
+    /// What a flow to a known provider gets when no rule matches, by provider id.
+    pub provider_defaults: &'a [(u16, Rule)],
 }
+
+const MAP_ADDR_PROVIDERS: &str = "addr_providers";
+const MAP_PUNTS: &str = "punts";
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
     move |source| BpfError::Map { map, source }
@@ -74,6 +81,36 @@ impl Datapath {
                 trie.insert(&Key::new(*len, *data), 1, 0).map_err(map_err(clients_name))?;
             }
         }
+        let (rp_name, pd_name) = provider_map_names(idle);
+        {
+            let mut map: HashMap<&mut MapData, RuleProviderKey, u8> =
+                HashMap::try_from(self.map_data_mut(rp_name)?).map_err(map_err(rp_name))?;
+            let old: Vec<RuleProviderKey> = map.keys().collect::<Result<_, _>>().map_err(map_err(rp_name))?;
+            for k in old {
+                match map.remove(&k) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(rp_name)(e)),
+                }
+            }
+            for (rule, provider) in rules.rule_providers {
+                let key = RuleProviderKey { rule: *rule, provider: *provider, pad: 0 };
+                map.insert(key, 1, 0).map_err(map_err(rp_name))?;
+            }
+        }
+        {
+            let mut array: Array<&mut MapData, Rule> =
+                Array::try_from(self.map_data_mut(pd_name)?).map_err(map_err(pd_name))?;
+            // Every slot written: ids a previous set used must not keep their class.
+            let mut defaults = vec![Rule::default(); super::abi::MAX_PROVIDERS];
+            for (id, rule) in rules.provider_defaults {
+                if let Some(slot) = defaults.get_mut(*id as usize) {
+                    *slot = *rule;
+                }
+            }
+            for (i, rule) in defaults.iter().enumerate() {
+                array.set(i as u32, *rule, 0).map_err(map_err(pd_name))?;
+            }
+        }
         // The flip. n_rules only gates "are there any rules"; a packet that reads a
         // torn value sees either set's answer for its single lookup.
         self.write_settings(Settings {
@@ -109,6 +146,40 @@ impl Datapath {
         let mut sum = FlowStats::default();
         values.iter().for_each(|v| sum.add(v));
         Ok(sum)
+    }
+}
+
+fn provider_map_names(set: u32) -> (&'static str, &'static str) {
+    if set == 0 {
+        ("rule_providers_0", "provider_defaults_0")
+    } else {
+        ("rule_providers_1", "provider_defaults_1")
+    }
+}
+
+impl Datapath {
+    /// Tell the datapath that `addr` (IPv6 or IPv4-mapped) belongs to `provider`.
+    pub fn learn_address(&mut self, addr: [u8; 16], provider: u16) -> Result<(), BpfError> {
+        let mut map: HashMap<&mut MapData, [u8; 16], AddrInfo> =
+            HashMap::try_from(self.map_data_mut(MAP_ADDR_PROVIDERS)?).map_err(map_err(MAP_ADDR_PROVIDERS))?;
+        map.insert(addr, AddrInfo { provider_id: provider, pad: 0, pad2: 0 }, 0)
+            .map_err(map_err(MAP_ADDR_PROVIDERS))
+    }
+
+    pub fn forget_address(&mut self, addr: [u8; 16]) -> Result<(), BpfError> {
+        let mut map: HashMap<&mut MapData, [u8; 16], AddrInfo> =
+            HashMap::try_from(self.map_data_mut(MAP_ADDR_PROVIDERS)?).map_err(map_err(MAP_ADDR_PROVIDERS))?;
+        match map.remove(&addr) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(MAP_ADDR_PROVIDERS)(e)),
+        }
+    }
+
+    /// The punt ring buffer, moved out to its consumer task (it is read without
+    /// the datapath lock).
+    pub fn take_punts(&mut self) -> Result<aya::maps::RingBuf<MapData>, BpfError> {
+        let map = self.ebpf.take_map(MAP_PUNTS).ok_or(BpfError::Missing { kind: "map", name: MAP_PUNTS })?;
+        aya::maps::RingBuf::try_from(map).map_err(map_err(MAP_PUNTS))
     }
 }
 

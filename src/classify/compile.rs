@@ -71,7 +71,24 @@ pub struct CompiledRules {
     /// Client trie entries: (32 + prefix length in the 128-bit space, rule index big
     /// endian followed by the address). The value written for each is `1u8`.
     pub clients: Vec<(u32, abi::ClientKeyData)>,
+    /// (rule index, provider id) for every provider a rule names.
+    pub rule_providers: Vec<(u32, u16)>,
+    /// By provider id: what a flow to that provider gets when no rule matches.
+    pub provider_defaults: Vec<(u16, abi::Rule)>,
     pub summary: Summary,
+}
+
+impl CompiledRules {
+    /// The map contents, as the loader installs them.
+    pub fn maps(&self) -> crate::bpf::maps::RuleMaps<'_> {
+        crate::bpf::maps::RuleMaps {
+            rules: &self.rules,
+            destinations: &self.destinations,
+            clients: &self.clients,
+            rule_providers: &self.rule_providers,
+            provider_defaults: &self.provider_defaults,
+        }
+    }
 }
 
 /// What was compiled, for logs and status.
@@ -185,6 +202,8 @@ pub fn compile(config: &Config) -> Result<CompiledRules, Vec<CompileError>> {
         rules,
         destinations,
         clients,
+        rule_providers: Vec::new(),
+        provider_defaults: Vec::new(),
         summary,
     })
 }
