@@ -46,9 +46,13 @@ static __always_inline void il_frag_resolve(struct il_pkt *pkt)
 	__builtin_memcpy(fk.src, pkt->src, 16);
 	__builtin_memcpy(fk.dst, pkt->dst, 16);
 	fk.id = pkt->frag_id;
-	fk.proto = pkt->proto;
+	fk.proto = pkt->frag_proto;
 	if (pkt->frag == IL_FRAG_FIRST) {
-		struct il_frag_ports fp = { .sport = pkt->sport, .dport = pkt->dport };
+		struct il_frag_ports fp = {
+			.sport = pkt->sport,
+			.dport = pkt->dport,
+			.proto = pkt->proto,
+		};
 
 		if (pkt->l4_ok) {
 			bpf_map_update_elem(&frags, &fk, &fp, BPF_ANY);
@@ -61,6 +65,7 @@ static __always_inline void il_frag_resolve(struct il_pkt *pkt)
 	if (fp) {
 		pkt->sport = fp->sport;
 		pkt->dport = fp->dport;
+		pkt->proto = fp->proto;
 		IL_STAT_INC(frag_nonfirst);
 	} else {
 		IL_STAT_INC(frag_orphan);
@@ -258,7 +263,10 @@ static __always_inline void il_classify(const struct il_flow_key *key, struct il
 static __always_inline void il_punt_skb(struct __sk_buff *skb, __u32 kind)
 {
 	struct il_punt *p;
-	__u32 len = skb->len;
+	/* 64-bit on purpose: with a u32, clang zero-extends a copy for the checks
+	 * and passes the unchecked register to the helper, which the verifier
+	 * refuses as a possibly zero-sized read. */
+	__u64 len = skb->len;
 
 	if (len > IL_PUNT_MAX_DATA)
 		len = IL_PUNT_MAX_DATA;

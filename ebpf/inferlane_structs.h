@@ -127,14 +127,16 @@ struct il_frag_key {
 	__u8 src[16];
 	__u8 dst[16];
 	__u32 id;    /* IPv4 identification (16 bits) or IPv6 fragment id */
-	__u8 proto;
+	__u8 proto;  /* IPv4 protocol, or the Fragment header's next header (what
+		      * every fragment of the datagram carries alike) */
 	__u8 pad[3];
 };
 
 struct il_frag_ports {
 	__u16 sport;
 	__u16 dport;
-	__u32 pad;
+	__u8 proto;  /* the transport protocol found in the first fragment */
+	__u8 pad[3];
 };
 
 /* ---- skb->mark and skb->priority ------------------------------------------ */

@@ -66,7 +66,7 @@ struct il_pkt {
 	__u8 tcp_flags;
 	__u8 frag;          /* enum il_frag */
 	__u8 l4_ok;         /* ports and flags were read */
-	__u8 pad;
+	__u8 frag_proto;    /* IPv4 protocol / next header of the IPv6 Fragment header */
 };
 
 static __always_inline void il_map_v4(__u8 *out, __be32 addr)
@@ -192,6 +192,7 @@ static __always_inline int il_parse_ip(void *data_end, struct il_pkt *pkt)
 	pkt->tcp_flags = 0;
 	pkt->frag = IL_FRAG_NONE;
 	pkt->frag_id = 0;
+	pkt->frag_proto = 0;
 	pkt->l4_ok = 0;
 	pkt->l4_hdr_len = 0;
 
@@ -214,6 +215,7 @@ static __always_inline int il_parse_ip(void *data_end, struct il_pkt *pkt)
 			pkt->frag = IL_FRAG_FIRST;
 		}
 		pkt->frag_id = bpf_ntohs(iph->id);
+		pkt->frag_proto = iph->protocol;
 	} else {
 		struct ipv6hdr *ip6h = pkt->l3;
 		void *cur;
@@ -245,6 +247,10 @@ static __always_inline int il_parse_ip(void *data_end, struct il_pkt *pkt)
 				else if (off & 1)
 					pkt->frag = IL_FRAG_FIRST;
 				pkt->frag_id = bpf_ntohl(*(__u32 *)(ext + 4));
+				/* Headers after this one (destination options, AH) are part
+				 * of the fragmented payload: only the first fragment shows
+				 * them, so fragments are matched on this next header. */
+				pkt->frag_proto = ext[0];
 				next = ext[0];
 				cur = ext + 8;
 			} else if (next == IL_IPPROTO_AH) {

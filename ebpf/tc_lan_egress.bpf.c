@@ -41,8 +41,11 @@ int lan_egress(struct __sk_buff *skb)
 
 	il_frag_resolve(&pkt);
 	/* DNS answers to clients, any resolver, UDP or TCP, both families. */
-	if (pkt.l4_ok && pkt.sport == bpf_htons(53) &&
-	    (pkt.proto == IPPROTO_UDP || pkt.proto == IPPROTO_TCP) && pkt.frag != IL_FRAG_LATER)
+	if (pkt.l4_ok && pkt.sport == bpf_htons(53) && pkt.frag != IL_FRAG_LATER &&
+	    (pkt.proto == IPPROTO_UDP ||
+	     /* TCP: segments that carry data, not the handshake and ACKs */
+	     (pkt.proto == IPPROTO_TCP &&
+	      skb->len > (__u32)pkt.l3_off + pkt.l3_hdr_len + pkt.l4_hdr_len)))
 		il_punt_skb(skb, IL_PUNT_DNS);
 	il_key_download(&pkt, &key);
 	flow = bpf_map_lookup_elem(&flows, &key);

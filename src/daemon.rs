@@ -6,6 +6,7 @@
 //! links and forwarding carries on untouched (fail open).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,7 +14,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::bpf::{BpfError, Datapath, LoadOptions};
+use crate::classify::catalog::Catalog;
 use crate::classify::compile::{self, CompiledRules};
+use crate::classify::learn::{AddressBook, Learned};
 use crate::config::{self, Config, ConfigErrors, Mode, PathSeg};
 use crate::control::server::{ControlSocket, Handler};
 use crate::control::{
@@ -52,6 +55,7 @@ impl From<BpfError> for DaemonError {
 pub struct Prepared {
     pub config: Config,
     pub rules: CompiledRules,
+    pub catalog: Catalog,
 }
 
 pub fn prepare(path: &Path) -> Result<Prepared, ConfigErrors> {
@@ -73,7 +77,11 @@ pub fn prepare(path: &Path) -> Result<Prepared, ConfigErrors> {
                 .collect(),
         )
     })?;
-    Ok(Prepared { config, rules })
+    // Validation already checked the config's providers against the catalog.
+    let catalog = Catalog::from_config(&config).map_err(|errors| {
+        ConfigErrors(errors.into_iter().map(|e| source.error_at(&[PathSeg::Key("providers")], e.to_string())).collect())
+    })?;
+    Ok(Prepared { config, rules, catalog })
 }
 
 pub struct RunOptions {
@@ -113,6 +121,8 @@ fn enter_netns(name: &str) -> Result<(), DaemonError> {
 struct State {
     datapath: Mutex<Datapath>,
     live: Mutex<Live>,
+    book: Mutex<AddressBook>,
+    learning: LearningCounters,
     config_path: PathBuf,
     started: Instant,
 }
@@ -120,6 +130,7 @@ struct State {
 /// The config in force and the reload history.
 struct Live {
     config: Config,
+    catalog: Catalog,
     rules: compile::Summary,
     generation: u64,
     reloads: u64,
@@ -194,6 +205,15 @@ impl State {
                 reload_failures: live.reload_failures,
                 last_reload_error: live.last_reload_error.clone(),
             },
+            learning: crate::control::LearningStatus {
+                punts: self.learning.punts.load(Ordering::Relaxed),
+                dns_answers: self.learning.dns_answers.load(Ordering::Relaxed),
+                dns_errors: self.learning.dns_errors.load(Ordering::Relaxed),
+                addresses_learned: self.learning.learned.load(Ordering::Relaxed),
+                addresses_forgotten: self.learning.forgotten.load(Ordering::Relaxed),
+                addresses_live: self.book.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
+                providers: live.catalog.providers().len(),
+            },
         })
     }
 
@@ -203,7 +223,14 @@ impl State {
         let live = self.live();
         let ifnames: Vec<(u32, String)> =
             self.datapath().attachments().into_iter().map(|a| (a.ifindex, a.iface)).collect();
-        Ok(flows.iter().map(|(k, f)| FlowInfo::from_entry(k, f, now, &live.config, &ifnames)).collect())
+        Ok(flows
+            .iter()
+            .map(|(k, f)| {
+                let mut info = FlowInfo::from_entry(k, f, now, &live.config, &ifnames);
+                info.provider = live.catalog.by_id(f.provider_id).map(|p| p.name.clone());
+                info
+            })
+            .collect())
     }
 
     /// Re-read the config file and apply it atomically, or refuse it and keep the
@@ -216,6 +243,7 @@ impl State {
                 .install(&p.rules.maps(), p.config.daemon.mode == Mode::Enforce)
                 .map_err(|e| format!("install rules: {e}; the previous rules stay in force"))?;
             live.config = p.config;
+            live.catalog = p.catalog;
             live.rules = p.rules.summary;
             live.generation += 1;
             live.reloads += 1;
@@ -233,6 +261,127 @@ impl State {
                 live.last_reload_error = Some(message.clone());
                 tracing::error!(error = %message, "reload refused; the running config stays");
                 ReloadResult { applied: false, generation: live.generation, message }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct LearningCounters {
+    punts: AtomicU64,
+    dns_answers: AtomicU64,
+    dns_errors: AtomicU64,
+    learned: AtomicU64,
+    forgotten: AtomicU64,
+}
+
+impl State {
+    /// One record from the punt ring buffer.
+    fn handle_punt(&self, record: &[u8]) {
+        self.learning.punts.fetch_add(1, Ordering::Relaxed);
+        let header = 16;
+        if record.len() < header {
+            return;
+        }
+        let kind = u32::from_ne_bytes(record[0..4].try_into().expect("4 bytes"));
+        let len = u32::from_ne_bytes(record[8..12].try_into().expect("4 bytes")) as usize;
+        let frame = &record[header..(header + len).min(record.len())];
+        if kind != crate::bpf::abi::PUNT_DNS {
+            return;
+        }
+        let answers = match crate::classify::dns::message_of_frame(frame).and_then(crate::classify::dns::resolved) {
+            Ok(a) => a,
+            Err(e) => {
+                self.learning.dns_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "DNS punt not understood");
+                return;
+            }
+        };
+        self.learning.dns_answers.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        for r in answers {
+            // The name nearest the question that the catalog knows decides.
+            let provider = {
+                let live = self.live();
+                r.names.iter().rev().find_map(|n| live.catalog.lookup(n)).map(|p| (p.id, p.name.clone()))
+            };
+            let Some((id, name)) = provider else { continue };
+            let learned = self.book.lock().unwrap_or_else(|p| p.into_inner()).learn(r.addr, id, r.ttl, now);
+            if learned != Learned::Refreshed {
+                match self.datapath().learn_address(crate::bpf::abi::addr_bytes(r.addr), id) {
+                    Ok(()) => {
+                        self.learning.learned.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(addr = %r.addr, provider = %name, ttl = r.ttl, "learned");
+                    }
+                    Err(e) => tracing::warn!(addr = %r.addr, error = %e, "learn address"),
+                }
+            }
+        }
+    }
+
+    /// Forget learned addresses past TTL + grace that no recent flow uses.
+    fn expire_learned(&self) {
+        let now_ns = monotonic_ns();
+        let in_use: std::collections::HashSet<std::net::IpAddr> = match self.datapath().flows() {
+            Ok(flows) => flows
+                .iter()
+                .filter(|(_, f)| now_ns.saturating_sub(f.last_ns) < IN_USE_NS)
+                .map(|(k, _)| crate::bpf::abi::addr_from_bytes(k.remote, k.family))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "read flows for expiry; trying later");
+                return;
+            }
+        };
+        let gone = self.book.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now(), &in_use);
+        for addr in gone {
+            if let Err(e) = self.datapath().forget_address(crate::bpf::abi::addr_bytes(addr)) {
+                tracing::warn!(%addr, error = %e, "forget address");
+            }
+            self.learning.forgotten.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A flow that saw a packet this recently keeps its address learned.
+const IN_USE_NS: u64 = 120_000_000_000;
+
+/// Read the punt ring buffer until shutdown.
+async fn consume_punts(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // SAFETY: the ring buffer owns its fd and outlives the registration: both
+    // live in `fd` and are dropped together.
+    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "punt ring buffer: no learning from DNS");
+            return;
+        }
+    };
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = sweep.tick() => {
+                let st = state.clone();
+                let _ = tokio::task::spawn_blocking(move || st.expire_learned()).await;
+            }
+            ready = fd.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::error!(error = %e, "punt ring buffer poll");
+                        break;
+                    }
+                };
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    state.handle_punt(&item);
+                }
+                guard.clear_ready();
             }
         }
     }
@@ -316,6 +465,8 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
             return Err(e);
         }
     };
+    let mut datapath = datapath;
+    let punts = datapath.take_punts();
     let summary = prepared.rules.summary;
     tracing::info!(
         rules = summary.rules,
@@ -330,6 +481,7 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         datapath: Mutex::new(datapath),
         live: Mutex::new(Live {
             config: prepared.config,
+            catalog: prepared.catalog,
             rules: summary,
             generation: 1,
             reloads: 0,
@@ -338,8 +490,17 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         }),
         config_path,
         started: Instant::now(),
+        book: Mutex::new(AddressBook::new(crate::classify::learn::DEFAULT_GRACE)),
+        learning: LearningCounters::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let learner = match punts {
+        Ok(ring) => Some(tokio::spawn(consume_punts(ring, state.clone(), shutdown_rx.clone()))),
+        Err(e) => {
+            tracing::error!(error = %e, "punt ring buffer unavailable: no learning from DNS");
+            None
+        }
+    };
     let handler: Arc<dyn Handler> = state.clone();
     let control = tokio::spawn(async move {
         socket.serve(handler, shutdown_rx).await;
@@ -370,6 +531,11 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
     // answering, detach the datapath, then give up the socket (our instance lock).
     let mut errors = Vec::new();
     let _ = shutdown_tx.send(true);
+    if let Some(learner) = learner {
+        if let Err(e) = learner.await {
+            errors.push(format!("learning task: {e}"));
+        }
+    }
     let socket = match control.await {
         Ok(socket) => Some(socket),
         Err(e) => {

@@ -181,8 +181,10 @@ pub fn compile(config: &Config) -> Result<CompiledRules, Vec<CompileError>> {
         .enumerate()
         .map(|(index, rule)| compile_rule(config, index, rule, &mut errors))
         .collect();
+    let mut rules = rules;
     let destinations = destination_entries(&config.rules, &mut errors);
     let clients = client_entries(&config.rules, &mut errors);
+    let (rule_providers, provider_defaults) = provider_entries(config, &mut rules, &mut errors);
     if !errors.is_empty() {
         // Stable: one rule's problems keep the order in which they were found.
         errors.sort_by_key(|e| e.rule);
@@ -202,10 +204,75 @@ pub fn compile(config: &Config) -> Result<CompiledRules, Vec<CompileError>> {
         rules,
         destinations,
         clients,
-        rule_providers: Vec::new(),
-        provider_defaults: Vec::new(),
+        rule_providers,
+        provider_defaults,
         summary,
     })
+}
+
+/// The provider side of the rule set: (rule, provider id) pairs for rules naming
+/// providers ("*" sets RULE_F_ANY_PROVIDER instead), and for each provider whose
+/// catalog class ("interactive", "chat", "bulk") is also a configured class name,
+/// that class's treatment, for its flows that no rule matches.
+#[allow(clippy::type_complexity)]
+fn provider_entries(
+    config: &Config,
+    rules: &mut [abi::Rule],
+    errors: &mut Vec<CompileError>,
+) -> (Vec<(u32, u16)>, Vec<(u16, abi::Rule)>) {
+    let catalog = match crate::classify::catalog::Catalog::from_config(config) {
+        Ok(c) => c,
+        Err(es) => {
+            // Validation reports these with positions first; this is a backstop.
+            errors.extend(es.into_iter().map(|e| CompileError { rule: 0, field: None, item: None, message: e.to_string() }));
+            return (Vec::new(), Vec::new());
+        }
+    };
+    let mut pairs = Vec::new();
+    for (i, rule) in config.rules.iter().enumerate() {
+        if rule.providers.iter().any(|p| p == "*") {
+            rules[i].flags |= abi::RULE_F_ANY_PROVIDER;
+            continue;
+        }
+        for (j, name) in rule.providers.iter().enumerate() {
+            match catalog.by_name(name) {
+                Some(p) => pairs.push((i as u32, p.id)),
+                None => errors.push(CompileError {
+                    rule: i,
+                    field: Some("providers"),
+                    item: Some(j),
+                    message: format!("unknown provider {name:?}"),
+                }),
+            }
+        }
+    }
+    let mut defaults = Vec::new();
+    for p in catalog.providers() {
+        let Some(ci) = config.classes.iter().position(|c| c.name == p.class) else { continue };
+        if (p.id as usize) >= abi::MAX_PROVIDERS || ci >= MAX_CLASSES {
+            continue;
+        }
+        let class = &config.classes[ci];
+        let uplink = class
+            .uplinks
+            .first()
+            .and_then(|u| config.uplinks.iter().position(|x| &x.name == u))
+            .filter(|i| *i < MAX_UPLINKS)
+            .map_or(0, |i| i as u8 + 1);
+        defaults.push((
+            p.id,
+            abi::Rule {
+                action: abi::ACTION_CLASSIFY,
+                class_id: ci as u8 + 1,
+                dscp: class.dscp.value(),
+                uplink,
+                mark: class_mark(ci, uplink, class.queue),
+                priority: queue_priority(class.queue),
+                ..abi::Rule::default()
+            },
+        ));
+    }
+    (pairs, defaults)
 }
 
 fn compile_rule(

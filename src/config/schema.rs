@@ -27,6 +27,7 @@ pub struct Config {
     pub uplinks: Vec<Uplink>,
     pub classes: Vec<Class>,
     pub rules: Vec<Rule>,
+    pub providers: Vec<ProviderConfig>,
     pub export: Option<Export>,
     pub metrics: Option<Metrics>,
 }
@@ -182,6 +183,26 @@ pub struct Rule {
     pub ports: Vec<PortSpec>,
 }
 
+/// A `[[providers]]` table: a provider added to the built-in catalog, or more hosts,
+/// another class or another display name for a built-in one. Checked against the
+/// catalog by validation; `classify::catalog::Catalog::from_config` applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    /// Shown in status output and flow records; a new provider defaults to its name.
+    #[serde(default)]
+    pub display: Option<String>,
+    /// "interactive", "chat" or "bulk". A new provider defaults to "interactive"; a
+    /// built-in one keeps its own unless this is set.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Host patterns: "api.example.com", "*.example.com", "api.*.example.com".
+    /// Required for a new provider.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
@@ -228,7 +249,14 @@ pub(crate) struct SpannedError {
 }
 
 const SECTIONS: &[&str] = &[
-    "daemon", "lan", "uplinks", "classes", "rules", "export", "metrics",
+    "daemon",
+    "lan",
+    "uplinks",
+    "classes",
+    "rules",
+    "providers",
+    "export",
+    "metrics",
 ];
 
 /// Builds the `Config` section by section, and `[[array]]` element by element, rather
@@ -250,6 +278,9 @@ pub(crate) fn from_document(doc: Spanned<DeTable<'_>>) -> Result<Config, Vec<Spa
             "uplinks" => collect(array_of_tables(value, "uplinks").map(|v| config.uplinks = v)),
             "classes" => collect(array_of_tables(value, "classes").map(|v| config.classes = v)),
             "rules" => collect(array_of_tables(value, "rules").map(|v| config.rules = v)),
+            "providers" => {
+                collect(array_of_tables(value, "providers").map(|v| config.providers = v))
+            }
             "export" => collect(table(value, "export").map(|v| config.export = Some(v))),
             "metrics" => collect(table(value, "metrics").map(|v| config.metrics = Some(v))),
             other => errors.push(SpannedError {

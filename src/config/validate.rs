@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::locate::{key_path, KeyPath};
 use super::schema::{Action, Config, Export, Health, Rule};
 use super::units::format_duration;
+use crate::classify::catalog::{self, Catalog};
 
 /// One semantic problem, located by key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +36,12 @@ pub(crate) fn check(config: &Config) -> Vec<Issue> {
     c.lan(config);
     c.uplinks(config);
     c.classes(config);
+    // Only names and patterns are read from the built-in catalog, which is parsed
+    // once per process.
+    let builtin = Catalog::builtin();
+    c.providers(config, &builtin);
     for (i, rule) in config.rules.iter().enumerate() {
-        c.rule(config, key_path!["rules", i], rule);
+        c.rule(config, &builtin, key_path!["rules", i], rule);
     }
     if let Some(export) = &config.export {
         c.export(export);
@@ -226,7 +231,117 @@ impl Checker {
         }
     }
 
-    fn rule(&mut self, config: &Config, here: KeyPath, rule: &Rule) {
+    /// `[[providers]]`: new providers need hosts, built-in ones need something to
+    /// change; every pattern is well formed and belongs to one provider only.
+    fn providers(&mut self, config: &Config, builtin: &Catalog) {
+        // Normalized pattern → where the configuration first lists it.
+        let mut listed: HashMap<String, KeyPath> = HashMap::new();
+        let mut added = 0usize;
+        for (i, provider) in config.providers.iter().enumerate() {
+            let here = key_path!["providers", i];
+            let name = &provider.name;
+            if let Some(problem) = name_problem(name) {
+                self.error(
+                    here.join("name"),
+                    format!("invalid provider name {name:?}: {problem}"),
+                );
+            }
+            let built_in = builtin.by_name(name).is_some();
+            if !built_in {
+                added += 1;
+                if builtin.providers().len() + added > usize::from(u16::MAX) {
+                    self.error(
+                        here.join("name"),
+                        format!(
+                            "too many providers: ids are 16 bits, so at most {} can be added",
+                            usize::from(u16::MAX) - builtin.providers().len()
+                        ),
+                    );
+                }
+            }
+            if !built_in && provider.hosts.is_empty() {
+                self.error(
+                    here.join("hosts"),
+                    format!(
+                        "provider {name:?} is not in the built-in catalog, so it needs hosts, e.g. hosts = [\"llm.example.com\"]"
+                    ),
+                );
+            }
+            if built_in
+                && provider.hosts.is_empty()
+                && provider.class.is_none()
+                && provider.display.is_none()
+            {
+                self.error(
+                    here.clone(),
+                    format!(
+                        "provider {name:?} is built in and this entry changes nothing; give hosts to add, a class or a display name"
+                    ),
+                );
+            }
+            if let Some(class) = &provider.class {
+                if !catalog::CLASSES.contains(&class.as_str()) {
+                    self.error(
+                        here.join("class"),
+                        format!(
+                            "unknown provider class {class:?}; use \"interactive\", \"chat\" or \"bulk\" (a rule puts a provider's flows in any class)"
+                        ),
+                    );
+                }
+            }
+            if provider
+                .display
+                .as_deref()
+                .is_some_and(|d| d.trim().is_empty())
+            {
+                self.error(here.join("display"), "display must not be empty".into());
+            }
+            for (j, host) in provider.hosts.iter().enumerate() {
+                let path = here.join("hosts").join(j);
+                let pattern = match catalog::normalize_pattern(host) {
+                    Ok(pattern) => pattern,
+                    Err(problem) => {
+                        self.error(path, format!("invalid host pattern {host:?}: {problem}"));
+                        continue;
+                    }
+                };
+                if let Some(owner) = builtin.pattern_owner(&pattern) {
+                    let message = if owner.name == *name {
+                        format!(
+                            "provider {name:?} already has host {host:?} in the built-in catalog"
+                        )
+                    } else {
+                        format!(
+                            "host {host:?} already belongs to built-in provider {:?}; a pattern belongs to one provider (a more specific pattern, such as an exact name, takes precedence over it)",
+                            owner.name
+                        )
+                    };
+                    self.error(path, message);
+                } else if let Some(first) = listed.get(&pattern) {
+                    self.issues.push(Issue {
+                        path,
+                        message: format!("duplicate host pattern {host:?}"),
+                        first: Some(first.clone()),
+                    });
+                } else {
+                    listed.insert(pattern, path);
+                }
+            }
+        }
+        let names: Vec<_> = config.providers.iter().map(|p| p.name.as_str()).collect();
+        for (first, again) in duplicates(&names) {
+            self.issues.push(Issue {
+                path: key_path!["providers", again, "name"],
+                message: format!(
+                    "duplicate provider name {:?}; give all of its hosts in one entry",
+                    names[again]
+                ),
+                first: Some(key_path!["providers", first, "name"]),
+            });
+        }
+    }
+
+    fn rule(&mut self, config: &Config, builtin: &Catalog, here: KeyPath, rule: &Rule) {
         if rule.providers.is_empty()
             && rule.destinations.is_empty()
             && rule.clients.is_empty()
@@ -255,8 +370,7 @@ impl Checker {
             ),
             _ => {}
         }
-        // Names are checked against the provider catalog once the classify module
-        // loads it; here only their spelling is checked.
+        // Names must be in the built-in catalog or added by [[providers]].
         let providers = here.join("providers");
         for (j, provider) in rule.providers.iter().enumerate() {
             if provider == "*" {
@@ -270,6 +384,13 @@ impl Checker {
                 self.error(
                     providers.join(j),
                     format!("invalid provider name {provider:?}: {problem}, or \"*\" for all"),
+                );
+            } else if builtin.by_name(provider).is_none()
+                && !config.providers.iter().any(|p| p.name == *provider)
+            {
+                self.error(
+                    providers.join(j),
+                    unknown_provider(provider, builtin, config),
                 );
             }
         }
@@ -363,6 +484,44 @@ fn name_problem(name: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// "unknown provider \"openia\" (did you mean \"openai\"?); ..." for a rule naming a
+/// provider that is neither built in nor configured.
+fn unknown_provider(name: &str, builtin: &Catalog, config: &Config) -> String {
+    let known = builtin
+        .providers()
+        .iter()
+        .map(|p| p.name.as_str())
+        .chain(config.providers.iter().map(|p| p.name.as_str()));
+    let closest = known
+        .map(|known| (edit_distance(name, known), known))
+        .filter(|(distance, _)| *distance <= 2)
+        .min();
+    let hint = match closest {
+        Some((_, known)) => format!(" (did you mean {known:?}?)"),
+        None => String::new(),
+    };
+    format!(
+        "unknown provider {name:?}{hint}; use a name from {} or add the provider with [[providers]]",
+        catalog::BUILTIN_PATH
+    )
+}
+
+/// Levenshtein distance, for "did you mean" hints on short names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// "defined uplinks: \"fiber\", \"lte\"" or "no uplinks are defined".
@@ -620,6 +779,61 @@ mod tests {
     }
 
     #[test]
+    fn rule_providers_must_be_known() {
+        let text = format!("{CLASSES}[[rules]]\nclass = \"chat\"\nproviders = [\"openia\", \"acme\", \"claude\"]\n");
+        expect_all(
+            &text,
+            &[
+                (8, 14, "unknown provider \"openia\" (did you mean \"openai\"?); use a name from catalog/providers.toml or add the provider with [[providers]]"),
+                (8, 24, "unknown provider \"acme\"; use a name"),
+            ],
+        );
+        // Added by [[providers]], named before or after the rule.
+        let text = format!("{CLASSES}[[rules]]\nclass = \"chat\"\nproviders = [\"acme\", \"openai\"]\n[[providers]]\nname = \"acme\"\nhosts = [\"llm.acme.example\"]\n");
+        assert!(
+            parse(&text, "t.toml").is_ok(),
+            "a configured provider is known"
+        );
+    }
+
+    #[test]
+    fn provider_tables() {
+        let text = format!(
+            "{CLASSES}[[providers]]\nname = \"acme\"\n[[providers]]\nname = \"openai\"\n[[providers]]\nname = \"Acme!\"\nhosts = [\"ok.example\", \"bad..example\", \"*.com\", \"api.openai.com\", \"*.openai.azure.com\"]\nclass = \"fast\"\n[[providers]]\nname = \"acme\"\nhosts = [\"OK.example.\"]\ndisplay = \"\"\n"
+        );
+        expect_all(
+            &text,
+            &[
+                (6, 1, "provider \"acme\" is not in the built-in catalog, so it needs hosts"),
+                (8, 1, "provider \"openai\" is built in and this entry changes nothing"),
+                (11, 8, "invalid provider name \"Acme!\""),
+                (12, 24, "invalid host pattern \"bad..example\": empty label"),
+                (12, 40, "invalid host pattern \"*.com\": a wildcard needs at least two labels after it"),
+                (12, 49, "host \"api.openai.com\" already belongs to built-in provider \"openai\""),
+                (12, 67, "host \"*.openai.azure.com\" already belongs to built-in provider \"azure-openai\""),
+                (13, 9, "unknown provider class \"fast\"; use \"interactive\", \"chat\" or \"bulk\""),
+                (15, 8, "duplicate provider name \"acme\"; give all of its hosts in one entry (first at line 7)"),
+                (16, 10, "duplicate host pattern \"OK.example.\" (first at line 12)"),
+                (17, 11, "display must not be empty"),
+            ],
+        );
+        let text =
+            format!("{CLASSES}[[providers]]\nname = \"openai\"\nhosts = [\"API.openai.com\"]\n");
+        expect_one(
+            &text,
+            8,
+            10,
+            "provider \"openai\" already has host \"API.openai.com\" in the built-in catalog",
+        );
+        // Overrides and additions that are fine, including an exact name under a
+        // built-in suffix (it is more specific, so it wins).
+        let text = format!("{CLASSES}[[providers]]\nname = \"openai\"\nclass = \"bulk\"\n[[providers]]\nname = \"acme\"\nhosts = [\"special.openai.azure.com\", \"llm.*.acme.example\"]\n[[providers]]\nname = \"claude\"\ndisplay = \"Claude (staff)\"\n");
+        if let Err(e) = parse(&text, "t.toml") {
+            panic!("expected the config to load, got:\n{e}");
+        }
+    }
+
+    #[test]
     fn duplicate_matchers() {
         let text = format!(
             "{CLASSES}[[rules]]\nclass = \"chat\"\ndestinations = [\"192.0.2.0/24\", \"192.0.2.0/24\"]\nports = [\"tcp:443\", \"TCP:443\"]\n"
@@ -686,7 +900,10 @@ mod tests {
     fn flow_table_size_is_bounded() {
         let text = format!("[daemon]\nflow_table_size = 100\n{LAN}");
         let errors = crate::config::parse(&text, "t.toml").unwrap_err();
-        assert_eq!(errors.to_string(), "t.toml:2:19: flow_table_size 100 is out of range 1024..=16777216");
+        assert_eq!(
+            errors.to_string(),
+            "t.toml:2:19: flow_table_size 100 is out of range 1024..=16777216"
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct FlowInfo {
     pub interface: String,
     /// Class name, or null when unclassified.
     pub class: Option<String>,
+    /// The AI provider (catalog name), or null when unknown.
+    pub provider: Option<String>,
     /// 1-based index of the config rule that matched, or null.
     pub rule: Option<u32>,
     /// Where the verdict came from: "static", "dns", "sni", "quic", "http" or null.
@@ -82,6 +84,7 @@ impl FlowInfo {
                 .map(|(_, n)| n.clone())
                 .unwrap_or_else(|| f.ifindex.to_string()),
             class,
+            provider: None,
             rule: (f.rule_id > 0).then_some(f.rule_id),
             source: source_name(f.source),
             blocked: f.verdict == abi::VERDICT_BLOCK,

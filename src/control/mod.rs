@@ -74,6 +74,21 @@ pub struct Status {
     pub interfaces: Vec<InterfaceStatus>,
     pub flow_table: FlowTableStatus,
     pub rules: RulesStatus,
+    pub learning: LearningStatus,
+}
+
+/// DNS learning: answers to clients read from the datapath, addresses of
+/// provider names handed back to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LearningStatus {
+    pub punts: u64,
+    pub dns_answers: u64,
+    pub dns_errors: u64,
+    pub addresses_learned: u64,
+    pub addresses_forgotten: u64,
+    pub addresses_live: u64,
+    /// Providers in the catalog in force (built-in plus config).
+    pub providers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +160,12 @@ impl Status {
             out,
             "rules: {} ({} destination prefixes, {} client prefixes, {} waiting for provider learning), generation {}, {} reloads, {} refused",
             r.rules, r.destination_prefixes, r.client_prefixes, r.provider_rules, r.generation, r.reloads, r.reload_failures
+        );
+        let l = &self.learning;
+        let _ = writeln!(
+            out,
+            "learning: {} providers known, {} DNS answers read ({} not understood), {} addresses learned, {} live",
+            l.providers, l.dns_answers, l.dns_errors, l.addresses_learned, l.addresses_live
         );
         if let Some(e) = &r.last_reload_error {
             let _ = writeln!(out, "last reload refused: {e}");
