@@ -217,22 +217,28 @@ static __always_inline void il_apply(struct il_flow *flow, const struct il_rule 
 }
 
 /* First match in config order over the live rule copy; fills the verdict. The
- * remote address's learned provider (DNS) takes part: rules may name providers,
- * and a provider flow no rule matched gets the provider's default class. */
-static __always_inline void il_classify(const struct il_flow_key *key, struct il_flow *flow)
+ * flow's provider takes part: rules may name providers, and a provider flow no
+ * rule matched gets the provider's default class. `provider` 0 means: look the
+ * remote address up among the DNS-learned ones. */
+static __always_inline void il_classify_with(const struct il_flow_key *key, struct il_flow *flow,
+					     __u16 provider, __u8 source)
 {
 	struct il_settings *s = il_settings();
 	struct il_addr_info *learned;
 	struct il_rule *rule;
-	__u16 provider = 0;
 	__u32 idx = 0;
 
 	flow->dscp = IL_DSCP_KEEP;
-	learned = bpf_map_lookup_elem(&addr_providers, key->remote);
-	if (learned && learned->provider_id) {
-		provider = learned->provider_id;
+	if (!provider) {
+		learned = bpf_map_lookup_elem(&addr_providers, key->remote);
+		if (learned && learned->provider_id) {
+			provider = learned->provider_id;
+			source = IL_SRC_DNS;
+		}
+	}
+	if (provider) {
 		flow->provider_id = provider;
-		flow->source = IL_SRC_DNS;
+		flow->source = source;
 	}
 	if (!s || !s->n_rules)
 		return;
@@ -253,6 +259,41 @@ static __always_inline void il_classify(const struct il_flow_key *key, struct il
 		if (d && (d->class_id || d->action == IL_ACTION_BLOCK))
 			il_apply(flow, d);
 	}
+}
+
+/* Defined once, as a global (separately verified) function, by the program that
+ * classifies: see xdp_lan_ingress.bpf.c. */
+int il_classify_global(const struct il_flow_key *key, struct il_flow *flow, __u32 provider, __u32 source);
+
+/*
+ * Apply a userspace verdict to a live flow: the rules run again with the
+ * provider userspace recognised. The flow keeps the uplink it started on
+ * (changing it would strand the connection behind another NAT); class, DSCP,
+ * queue and block follow the new verdict. Counters are untouched.
+ */
+static __always_inline void il_apply_verdict(const struct il_flow_key *key, struct il_flow *flow,
+					     const struct il_verdict *v)
+{
+	__u32 zero = 0;
+	struct il_flow *nf;
+
+	flow->flags &= ~IL_FLOW_F_PENDING;
+	flow->flags |= v->flags & IL_FLOW_F_ECH;
+	if (!v->provider_id)
+		return;
+	nf = bpf_map_lookup_elem(&flow_scratch, &zero);
+	if (!nf)
+		return;
+	__builtin_memset(nf, 0, sizeof(*nf));
+	il_classify_global(key, nf, v->provider_id, v->source);
+	flow->provider_id = nf->provider_id;
+	flow->source = nf->source;
+	flow->rule_id = nf->rule_id;
+	flow->class_id = nf->class_id;
+	flow->verdict = nf->verdict;
+	flow->dscp = nf->dscp;
+	flow->priority = nf->priority;
+	flow->mark = (nf->mark & ~IL_MARK_UPLINK_MASK) | (flow->mark & IL_MARK_UPLINK_MASK);
 }
 
 /*

@@ -125,6 +125,24 @@ struct {
 	__type(value, struct il_addr_info);
 } addr_providers SEC(".maps") __weak;
 
+/* Scratch space for building a flow entry: the BPF stack is 512 bytes for the
+ * whole call chain, and an il_flow is 112. Per CPU, used within one packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct il_flow);
+} flow_scratch SEC(".maps") __weak;
+
+/* Userspace verdicts for pending flows (SNI, QUIC), picked up by lan_ingress. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct il_flow_key);
+	__type(value, struct il_verdict);
+} flow_verdicts SEC(".maps") __weak;
+
 /* Packets for userspace: DNS answers now, first segments of unknown flows later. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -70,6 +70,13 @@ struct il_flow_key {
 
 /* il_flow.flags */
 #define IL_FLOW_F_FRAGMENTS 0x01 /* carried IP fragments */
+#define IL_FLOW_F_PENDING   0x02 /* waiting for a userspace verdict (SNI, QUIC) */
+#define IL_FLOW_F_ECH       0x04 /* the ClientHello carried encrypted_client_hello */
+
+/* First packets of a pending flow copied to userspace, at most. */
+#define IL_MAX_FLOW_PUNTS 4
+/* A flow still pending after this many upload packets stops waiting. */
+#define IL_PENDING_PACKETS 16
 
 struct il_flow {
 	__u64 first_ns;     /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the first packet */
@@ -97,7 +104,7 @@ struct il_flow {
 	__u8 tcp_flags_down;
 	__u8 flags;         /* IL_FLOW_F_* */
 	__u8 uplink;        /* uplink index + 1; 0 main table */
-	__u8 pad0;
+	__u8 punts;         /* packets of this flow copied to userspace */
 	__u32 ifindex;      /* LAN interface of the first packet */
 	__u32 pad1;
 	/* Room for handshake and first-byte timing (later issues). */
@@ -249,6 +256,18 @@ struct il_addr_info {
 };
 
 #define IL_PUNT_DNS  1 /* a DNS answer on its way to a LAN client (lan_egress) */
+#define IL_PUNT_TLS  2 /* a client segment of a pending TCP flow (lan_ingress) */
+#define IL_PUNT_QUIC 3 /* a client long-header datagram of a pending UDP/443 flow */
+
+/* A verdict from userspace for a pending flow (value of flow_verdicts): the
+ * datapath applies it at the flow's next upload packet, re-running the rules with
+ * this provider, and deletes the entry. */
+struct il_verdict {
+	__u16 provider_id; /* 0: nothing recognised; the flow just stops waiting */
+	__u8 source;       /* IL_SRC_SNI / IL_SRC_QUIC / IL_SRC_HTTP */
+	__u8 flags;        /* IL_FLOW_F_ECH */
+	__u32 pad;
+};
 #define IL_PUNT_MAX_DATA 1536
 
 /* One ring buffer record: the packet from its Ethernet header, cut at

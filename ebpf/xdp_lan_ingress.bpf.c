@@ -11,6 +11,20 @@
 #include "inferlane_count.h"
 #include "inferlane_flow.h"
 
+/*
+ * Classification as a global function: the verifier checks it once, on its own,
+ * instead of once per call site and per path leading there, which would exceed
+ * its budget (the rules walk is the largest piece of the program).
+ */
+__noinline int il_classify_global(const struct il_flow_key *key, struct il_flow *flow, __u32 provider,
+				  __u32 source)
+{
+	if (!key || !flow)
+		return 0;
+	il_classify_with(key, flow, provider, source);
+	return 0;
+}
+
 static __always_inline struct il_flow *il_flow_get_or_create(const struct il_flow_key *key,
 							     const struct il_pkt *pkt,
 							     __u32 ifindex, __u64 now)
@@ -20,22 +34,118 @@ static __always_inline struct il_flow *il_flow_get_or_create(const struct il_flo
 	if (flow)
 		return flow;
 
-	/* The flow's start is worth the precise clock, once. */
-	struct il_flow nf = {
-		.first_ns = bpf_ktime_get_ns(),
-		.last_ns = now,
-		.ifindex = ifindex,
-		.dscp_seen = pkt->tos >> 2,
-	};
+	__u32 zero = 0;
+	struct il_flow *nf = bpf_map_lookup_elem(&flow_scratch, &zero);
 
-	il_classify(key, &nf);
+	if (!nf)
+		return 0;
+	__builtin_memset(nf, 0, sizeof(*nf));
+	/* The flow's start is worth the precise clock, once. */
+	nf->first_ns = bpf_ktime_get_ns();
+	nf->last_ns = now;
+	nf->ifindex = ifindex;
+	nf->dscp_seen = pkt->tos >> 2;
+	il_classify_global(key, nf, 0, IL_SRC_NONE);
+	/* Not settled by a static rule: TLS (TCP) and QUIC (UDP/443) flows wait for
+	 * what their first packets say (SNI), which also confirms a DNS-learned
+	 * provider on a shared CDN address. */
+	if (nf->source != IL_SRC_STATIC && nf->verdict == IL_VERDICT_PASS &&
+	    (key->proto == IPPROTO_TCP || (key->proto == IPPROTO_UDP && key->remote_port == bpf_htons(443))))
+		nf->flags |= IL_FLOW_F_PENDING;
 	/* NOEXIST: if another CPU created it meanwhile, theirs stands. */
-	if (!bpf_map_update_elem(&flows, key, &nf, BPF_NOEXIST))
+	if (!bpf_map_update_elem(&flows, key, nf, BPF_NOEXIST))
 		IL_STAT_INC(created);
 	flow = bpf_map_lookup_elem(&flows, key);
 	if (!flow)
 		IL_STAT_INC(create_failed);
 	return flow;
+}
+
+/* Copy the frame to userspace (the first IL_PUNT_MAX_DATA bytes). */
+static __always_inline int il_punt_xdp(struct xdp_md *ctx, __u32 kind, __u64 frame_len)
+{
+	struct il_punt *p;
+	/* 64-bit: see il_punt_skb. */
+	__u64 len = frame_len;
+
+	if (len > IL_PUNT_MAX_DATA)
+		len = IL_PUNT_MAX_DATA;
+	if (len < 1)
+		return -1;
+	p = bpf_ringbuf_reserve(&punts, sizeof(*p), 0);
+	if (!p) {
+		IL_STAT_INC(punt_failed);
+		return -1;
+	}
+	p->kind = kind;
+	p->ifindex = ctx->ingress_ifindex;
+	p->len = len;
+	p->orig_len = frame_len;
+	if (bpf_xdp_load_bytes(ctx, 0, p->data, len)) {
+		bpf_ringbuf_discard(p, 0);
+		IL_STAT_INC(punt_failed);
+		return -1;
+	}
+	bpf_ringbuf_submit(p, 0);
+	IL_STAT_INC(punted);
+	return 0;
+}
+
+/*
+ * A flow waiting for userspace: take its verdict if one arrived, otherwise copy
+ * the first payload packets (a TLS handshake, QUIC long-header packets) to
+ * userspace, and stop waiting once it is clearly neither. A global function,
+ * verified once on its own: inlined, the paths of the parser before it would
+ * multiply its own. `payload_off` is where the transport payload starts in the
+ * frame (0: none).
+ */
+__noinline int il_pending(struct xdp_md *ctx, const struct il_flow_key *key, struct il_flow *flow,
+			  __u32 payload_off, __u64 len)
+{
+	void *data, *data_end;
+	struct il_verdict *v;
+	__u8 *payload;
+	__u8 first;
+
+	if (!ctx || !key || !flow)
+		return 0;
+	v = bpf_map_lookup_elem(&flow_verdicts, key);
+	if (v) {
+		il_apply_verdict(key, flow, v);
+		bpf_map_delete_elem(&flow_verdicts, key);
+		return 0;
+	}
+	if (flow->up_packets > IL_PENDING_PACKETS) {
+		flow->flags &= ~IL_FLOW_F_PENDING;
+		return 0;
+	}
+	if (!payload_off || payload_off > 1024)
+		return 0; /* no payload yet (SYN, ACK) */
+	/* Keep the bound where the verifier can see it (clang checks a copy). */
+	asm volatile("" : "+r"(payload_off));
+	payload_off &= 0x7ff;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	payload = data + payload_off;
+	if ((void *)(payload + 1) > data_end)
+		return 0;
+	first = *payload;
+	if (key->proto == IPPROTO_TCP) {
+		/* A TLS handshake record starts the stream, or it is not TLS. */
+		if (!flow->punts && first != 0x16) {
+			flow->flags &= ~IL_FLOW_F_PENDING;
+			return 0;
+		}
+	} else if (!(first & 0x80)) {
+		/* A QUIC short header: the handshake is over. */
+		flow->flags &= ~IL_FLOW_F_PENDING;
+		return 0;
+	}
+	if (flow->punts >= IL_MAX_FLOW_PUNTS)
+		return 0;
+	if (!il_punt_xdp(ctx, key->proto == IPPROTO_TCP ? IL_PUNT_TLS : IL_PUNT_QUIC, len))
+		flow->punts++;
+	return 0;
 }
 
 /* xdp.frags: the program copes with multi-buffer frames (jumbo, GRO on veth), so
@@ -74,6 +184,13 @@ int lan_ingress(struct xdp_md *ctx)
 	flow->tcp_flags_up |= pkt.tcp_flags;
 	if (pkt.frag != IL_FRAG_NONE)
 		flow->flags |= IL_FLOW_F_FRAGMENTS;
+	if (flow->flags & IL_FLOW_F_PENDING) {
+		__u32 payload_off = 0;
+
+		if (pkt.l4_ok && pkt.frag != IL_FRAG_LATER)
+			payload_off = (__u32)pkt.l3_off + pkt.l3_hdr_len + pkt.l4_hdr_len;
+		il_pending(ctx, &key, flow, payload_off, len);
+	}
 
 	s = il_settings();
 	if (!s || !s->enforce)

@@ -123,6 +123,8 @@ struct State {
     live: Mutex<Live>,
     book: Mutex<AddressBook>,
     learning: LearningCounters,
+    hellos: Mutex<std::collections::HashMap<crate::bpf::abi::FlowKey, Hello>>,
+    names: Mutex<std::collections::HashMap<crate::bpf::abi::FlowKey, String>>,
     config_path: PathBuf,
     started: Instant,
 }
@@ -212,6 +214,8 @@ impl State {
                 addresses_learned: self.learning.learned.load(Ordering::Relaxed),
                 addresses_forgotten: self.learning.forgotten.load(Ordering::Relaxed),
                 addresses_live: self.book.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
+                hellos: self.learning.hellos.load(Ordering::Relaxed),
+                hello_errors: self.learning.hello_errors.load(Ordering::Relaxed),
                 providers: live.catalog.providers().len(),
             },
         })
@@ -220,6 +224,7 @@ impl State {
     fn flows(&self) -> Result<Vec<FlowInfo>, BpfError> {
         let flows = self.datapath().flows()?;
         let now = monotonic_ns();
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let live = self.live();
         let ifnames: Vec<(u32, String)> =
             self.datapath().attachments().into_iter().map(|a| (a.ifindex, a.iface)).collect();
@@ -228,6 +233,7 @@ impl State {
             .map(|(k, f)| {
                 let mut info = FlowInfo::from_entry(k, f, now, &live.config, &ifnames);
                 info.provider = live.catalog.by_id(f.provider_id).map(|p| p.name.clone());
+                info.name = names.get(k).cloned();
                 info
             })
             .collect())
@@ -266,8 +272,23 @@ impl State {
     }
 }
 
+/// A ClientHello being assembled from a pending flow's first packets.
+struct Hello {
+    started: Instant,
+    tls: Option<crate::classify::tls::HelloAssembler>,
+    quic: Option<crate::classify::quic::CryptoAssembler>,
+}
+
+/// Hellos in assembly at once; more means flows that never finish theirs.
+const MAX_PENDING_HELLOS: usize = 4096;
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Server names kept for `inferlane flows`.
+const MAX_NAMES: usize = 65536;
+
 #[derive(Default)]
 struct LearningCounters {
+    hellos: AtomicU64,
+    hello_errors: AtomicU64,
     punts: AtomicU64,
     dns_answers: AtomicU64,
     dns_errors: AtomicU64,
@@ -286,9 +307,103 @@ impl State {
         let kind = u32::from_ne_bytes(record[0..4].try_into().expect("4 bytes"));
         let len = u32::from_ne_bytes(record[8..12].try_into().expect("4 bytes")) as usize;
         let frame = &record[header..(header + len).min(record.len())];
-        if kind != crate::bpf::abi::PUNT_DNS {
-            return;
+        match kind {
+            crate::bpf::abi::PUNT_DNS => self.handle_dns(frame),
+            crate::bpf::abi::PUNT_TLS | crate::bpf::abi::PUNT_QUIC => self.handle_hello(kind, frame),
+            _ => {}
         }
+    }
+
+    /// A client's first segment(s) of a TLS or QUIC flow: assemble the ClientHello,
+    /// name the provider from its SNI, and hand the verdict to the datapath.
+    fn handle_hello(&self, kind: u32, frame: &[u8]) {
+        use crate::classify::{quic, tls};
+        let Some(pkt) = crate::classify::frame::client_packet(frame) else { return };
+        let outcome = {
+            let mut hellos = self.hellos.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: half-finished hellos of vanished flows go after a while.
+            if hellos.len() >= MAX_PENDING_HELLOS {
+                let now = Instant::now();
+                hellos.retain(|_, h| now.duration_since(h.started) < HELLO_TIMEOUT);
+            }
+            if hellos.len() >= MAX_PENDING_HELLOS {
+                return;
+            }
+            let entry = hellos.entry(pkt.key).or_insert_with(|| Hello {
+                started: Instant::now(),
+                tls: (kind == crate::bpf::abi::PUNT_TLS).then(|| tls::HelloAssembler::new(pkt.seq)),
+                quic: (kind == crate::bpf::abi::PUNT_QUIC).then(quic::CryptoAssembler::new),
+            });
+            let outcome = if let Some(a) = entry.tls.as_mut() {
+                match a.push(pkt.seq, pkt.payload) {
+                    tls::AssemblyResult::Done(info) => Some(Ok((info.sni, info.ech, crate::bpf::abi::SRC_SNI))),
+                    tls::AssemblyResult::NeedMore => None,
+                    tls::AssemblyResult::Failed(e) => Some(Err(e.to_string())),
+                }
+            } else if let Some(a) = entry.quic.as_mut() {
+                match quic::decrypt_initial(pkt.payload) {
+                    Ok(initial) => match a.push(&initial) {
+                        quic::AssemblyResult::Done(h) => Some(Ok((h.sni, h.ech, crate::bpf::abi::SRC_QUIC))),
+                        quic::AssemblyResult::NeedMore => None,
+                        quic::AssemblyResult::Failed(e) => Some(Err(e.to_string())),
+                    },
+                    // Not a client Initial we can read (a later Initial under a new
+                    // DCID, 0-RTT): wait for the next one, bounded by the datapath.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "QUIC punt not decrypted");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            if outcome.is_some() {
+                hellos.remove(&pkt.key);
+            }
+            outcome
+        };
+        let Some(outcome) = outcome else { return };
+        let (sni, ech, source) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                self.learning.hello_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "ClientHello not understood");
+                (None, false, crate::bpf::abi::SRC_NONE)
+            }
+        };
+        let remote = crate::bpf::abi::addr_from_bytes(pkt.key.remote, pkt.key.family);
+        let provider = sni.as_deref().and_then(|name| {
+            let live = self.live();
+            let p = live.catalog.lookup(name)?;
+            // With ECH the visible name is the outer (public) one: it may only
+            // confirm what DNS already said about this address, never name a
+            // provider by itself.
+            if ech && self.book.lock().unwrap_or_else(|p| p.into_inner()).provider(&remote) != Some(p.id) {
+                return None;
+            }
+            Some(p.id)
+        });
+        if let Some(name) = &sni {
+            self.learning.hellos.fetch_add(1, Ordering::Relaxed);
+            let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            if names.len() >= MAX_NAMES {
+                names.clear();
+            }
+            names.insert(pkt.key, name.clone());
+        }
+        // A verdict with provider 0 still ends the flow's wait in the datapath.
+        let verdict = crate::bpf::abi::Verdict {
+            provider_id: provider.unwrap_or(0),
+            source,
+            flags: if ech { crate::bpf::abi::FLOW_F_ECH } else { 0 },
+            pad: 0,
+        };
+        if let Err(e) = self.datapath().set_verdict(pkt.key, verdict) {
+            tracing::warn!(error = %e, "hand verdict to the datapath");
+        }
+    }
+
+    fn handle_dns(&self, frame: &[u8]) {
         let answers = match crate::classify::dns::message_of_frame(frame).and_then(crate::classify::dns::resolved) {
             Ok(a) => a,
             Err(e) => {
@@ -492,6 +607,8 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         started: Instant::now(),
         book: Mutex::new(AddressBook::new(crate::classify::learn::DEFAULT_GRACE)),
         learning: LearningCounters::default(),
+        hellos: Mutex::new(std::collections::HashMap::new()),
+        names: Mutex::new(std::collections::HashMap::new()),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let learner = match punts {
@@ -543,15 +660,11 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
             None
         }
     };
-    match Arc::try_unwrap(state) {
-        Ok(state) => {
-            let mut dp = state.datapath.into_inner().unwrap_or_else(|p| p.into_inner());
-            errors.extend(dp.detach_all().into_iter().map(|e| e.to_string()));
-        }
-        // A connection task still holds the state: the last holder's drop detaches
-        // (Datapath::drop). Connections time out after 5 s.
-        Err(_) => errors.push("control connection still open at shutdown; detached on its drop".into()),
-    }
+    // Detach under the lock rather than waiting to own the state: a control
+    // connection task that has just answered may still hold a reference for a
+    // moment. The programs and maps go with the last reference (or the process).
+    errors.extend(state.datapath().detach_all().into_iter().map(|e| e.to_string()));
+    drop(state);
     if let Some(mut socket) = socket {
         if let Err(e) = socket.remove() {
             errors.push(e.to_string());

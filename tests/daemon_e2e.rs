@@ -174,7 +174,8 @@ fn a_second_daemon_on_the_same_socket_is_refused_and_a_stale_socket_is_replaced(
     assert!(socket.exists());
     let mut second = DaemonProcess::start(bin(), &lab, &work, &config).unwrap();
     assert!(second.status().is_ok());
-    assert!(second.stop(Duration::from_secs(10)).unwrap().success());
+    let exit = second.stop(Duration::from_secs(10)).unwrap();
+    assert!(exit.success(), "daemon exit {exit}; log:\n{}", second.log_text());
     assert!(!socket.exists(), "socket not removed on stop");
 }
 

@@ -72,6 +72,8 @@ pub const VERDICT_BLOCK: u8 = 1;
 pub const DSCP_KEEP: u8 = 0xff;
 
 pub const FLOW_F_FRAGMENTS: u8 = 0x01;
+pub const FLOW_F_PENDING: u8 = 0x02;
+pub const FLOW_F_ECH: u8 = 0x04;
 
 /// `struct il_flow`
 #[repr(C)]
@@ -96,7 +98,8 @@ pub struct Flow {
     pub tcp_flags_down: u8,
     pub flags: u8,
     pub uplink: u8,
-    pub pad0: u8,
+    /// Packets of this flow copied to userspace.
+    pub punts: u8,
     pub ifindex: u32,
     pub pad1: u32,
     pub syn_ns: u64,
@@ -192,6 +195,18 @@ pub struct AddrInfo {
 }
 
 pub const PUNT_DNS: u32 = 1;
+pub const PUNT_TLS: u32 = 2;
+pub const PUNT_QUIC: u32 = 3;
+
+/// `struct il_verdict`: a userspace verdict for a pending flow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub provider_id: u16,
+    pub source: u8,
+    pub flags: u8,
+    pub pad: u32,
+}
 pub const PUNT_MAX_DATA: usize = 1536;
 
 /// `struct il_punt`: one ring buffer record.
@@ -263,6 +278,7 @@ const _: () = assert!(std::mem::size_of::<Flow>() == 112);
 const _: () = assert!(std::mem::size_of::<FlowStats>() == 80);
 const _: () = assert!(std::mem::size_of::<RuleProviderKey>() == 8);
 const _: () = assert!(std::mem::size_of::<AddrInfo>() == 8);
+const _: () = assert!(std::mem::size_of::<Verdict>() == 8);
 const _: () = assert!(std::mem::size_of::<Punt>() == 16 + PUNT_MAX_DATA);
 const _: () = assert!(std::mem::size_of::<PortRange>() == 8);
 const _: () = assert!(std::mem::size_of::<Rule>() == 20 + 8 * MAX_PORT_RANGES);
@@ -283,6 +299,7 @@ unsafe impl aya::Pod for Settings {}
 unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for RuleProviderKey {}
 unsafe impl aya::Pod for AddrInfo {}
+unsafe impl aya::Pod for Verdict {}
 
 /// An address as the datapath keys it: IPv6, or IPv4 mapped to ::ffff:a.b.c.d.
 pub fn addr_bytes(ip: std::net::IpAddr) -> [u8; 16] {

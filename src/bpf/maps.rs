@@ -24,6 +24,7 @@ pub struct RuleMaps<'a> {
 
 const MAP_ADDR_PROVIDERS: &str = "addr_providers";
 const MAP_PUNTS: &str = "punts";
+const MAP_FLOW_VERDICTS: &str = "flow_verdicts";
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
     move |source| BpfError::Map { map, source }
@@ -164,6 +165,14 @@ impl Datapath {
             HashMap::try_from(self.map_data_mut(MAP_ADDR_PROVIDERS)?).map_err(map_err(MAP_ADDR_PROVIDERS))?;
         map.insert(addr, AddrInfo { provider_id: provider, pad: 0, pad2: 0 }, 0)
             .map_err(map_err(MAP_ADDR_PROVIDERS))
+    }
+
+    /// Hand a verdict to a pending flow; the datapath applies it at the flow's
+    /// next upload packet and removes the entry.
+    pub fn set_verdict(&mut self, key: FlowKey, verdict: super::abi::Verdict) -> Result<(), BpfError> {
+        let mut map: HashMap<&mut MapData, FlowKey, super::abi::Verdict> =
+            HashMap::try_from(self.map_data_mut(MAP_FLOW_VERDICTS)?).map_err(map_err(MAP_FLOW_VERDICTS))?;
+        map.insert(key, verdict, 0).map_err(map_err(MAP_FLOW_VERDICTS))
     }
 
     pub fn forget_address(&mut self, addr: [u8; 16]) -> Result<(), BpfError> {

@@ -7,3 +7,4 @@ pub mod tls;
 pub mod quic;
 pub mod dns;
 pub mod learn;
+pub mod frame;

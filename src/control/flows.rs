@@ -21,6 +21,12 @@ pub struct FlowInfo {
     pub class: Option<String>,
     /// The AI provider (catalog name), or null when unknown.
     pub provider: Option<String>,
+    /// The server name the client's ClientHello (TLS or QUIC) carried.
+    pub name: Option<String>,
+    /// The ClientHello carried ECH: its name is the outer one, not trusted alone.
+    pub ech: bool,
+    /// Still waiting for the datapath to learn what it is (SNI, QUIC).
+    pub pending: bool,
     /// 1-based index of the config rule that matched, or null.
     pub rule: Option<u32>,
     /// Where the verdict came from: "static", "dns", "sni", "quic", "http" or null.
@@ -85,6 +91,9 @@ impl FlowInfo {
                 .unwrap_or_else(|| f.ifindex.to_string()),
             class,
             provider: None,
+            name: None,
+            ech: f.flags & abi::FLOW_F_ECH != 0,
+            pending: f.flags & abi::FLOW_F_PENDING != 0,
             rule: (f.rule_id > 0).then_some(f.rule_id),
             source: source_name(f.source),
             blocked: f.verdict == abi::VERDICT_BLOCK,
@@ -118,8 +127,8 @@ pub fn render(flows: &[FlowInfo]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<6} {:<44} {:<44} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>9}",
-        "proto", "client", "remote", "class", "dscp", "up pkts", "up bytes", "down pkts", "down bytes", "age"
+        "{:<6} {:<44} {:<44} {:<14} {:<7} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>9}",
+        "proto", "client", "remote", "provider", "via", "class", "dscp", "up pkts", "up bytes", "down pkts", "down bytes", "age"
     );
     for f in sorted {
         let class = match (&f.class, f.blocked) {
@@ -127,12 +136,19 @@ pub fn render(flows: &[FlowInfo]) -> String {
             (Some(c), _) => c.clone(),
             (None, _) => "-".into(),
         };
+        let via = match (&f.source, f.pending) {
+            (_, true) => "pending".to_string(),
+            (Some(s), _) => s.clone(),
+            (None, _) => "-".into(),
+        };
         let _ = writeln!(
             out,
-            "{:<6} {:<44} {:<44} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8.1}s",
+            "{:<6} {:<44} {:<44} {:<14} {:<7} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8.1}s",
             f.proto,
             endpoint(f.client, f.client_port),
             endpoint(f.remote, f.remote_port),
+            f.provider.as_deref().unwrap_or("-"),
+            via,
             class,
             f.dscp.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
             f.up_packets,

@@ -87,6 +87,9 @@ pub struct LearningStatus {
     pub addresses_learned: u64,
     pub addresses_forgotten: u64,
     pub addresses_live: u64,
+    /// ClientHellos (TLS and QUIC) read from pending flows, and those not understood.
+    pub hellos: u64,
+    pub hello_errors: u64,
     /// Providers in the catalog in force (built-in plus config).
     pub providers: usize,
 }
@@ -164,8 +167,8 @@ impl Status {
         let l = &self.learning;
         let _ = writeln!(
             out,
-            "learning: {} providers known, {} DNS answers read ({} not understood), {} addresses learned, {} live",
-            l.providers, l.dns_answers, l.dns_errors, l.addresses_learned, l.addresses_live
+            "learning: {} providers known, {} DNS answers read ({} not understood), {} addresses learned, {} live; {} ClientHellos read ({} not understood)",
+            l.providers, l.dns_answers, l.dns_errors, l.addresses_learned, l.addresses_live, l.hellos, l.hello_errors
         );
         if let Some(e) = &r.last_reload_error {
             let _ = writeln!(out, "last reload refused: {e}");
