@@ -107,9 +107,14 @@ struct il_flow {
 	__u8 punts;         /* packets of this flow copied to userspace */
 	__u32 ifindex;      /* LAN interface of the first packet */
 	__u32 pad1;
-	/* Room for handshake and first-byte timing (later issues). */
+	/* Timing (precise clock, each written once per flow): the client's SYN,
+	 * the server's SYN-ACK on its way to the client, the client's ACK of it
+	 * (LAN round trip), the first byte each way. Userspace derives the
+	 * provider-side handshake RTT (synack - syn), the LAN RTT (lan_ack -
+	 * synack) and time to first byte (first_down_payload - first_up_payload). */
 	__u64 syn_ns;
 	__u64 synack_ns;
+	__u64 lan_ack_ns;
 	__u64 first_up_payload_ns;
 	__u64 first_down_payload_ns;
 };

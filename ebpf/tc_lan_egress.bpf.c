@@ -61,6 +61,12 @@ int lan_egress(struct __sk_buff *skb)
 	__sync_fetch_and_add(&flow->down_bytes, bytes);
 	flow->last_ns = bpf_ktime_get_coarse_ns();
 	flow->tcp_flags_down |= pkt.tcp_flags;
+	/* Timing: the server's SYN-ACK and its first payload byte, once each. */
+	if (!flow->synack_ns && (pkt.tcp_flags & 0x12) == 0x12)
+		flow->synack_ns = bpf_ktime_get_ns();
+	if (!flow->first_down_payload_ns && pkt.l4_ok && pkt.frag != IL_FRAG_LATER &&
+	    skb->len > (__u32)pkt.l3_off + pkt.l3_hdr_len + pkt.l4_hdr_len)
+		flow->first_down_payload_ns = bpf_ktime_get_ns();
 	if (pkt.frag != IL_FRAG_NONE)
 		flow->flags |= IL_FLOW_F_FRAGMENTS;
 	return TC_ACT_UNSPEC;

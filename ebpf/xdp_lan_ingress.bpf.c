@@ -45,6 +45,9 @@ static __always_inline struct il_flow *il_flow_get_or_create(const struct il_flo
 	nf->last_ns = now;
 	nf->ifindex = ifindex;
 	nf->dscp_seen = pkt->tos >> 2;
+	/* TCP flags byte: SYN 0x02, ACK 0x10. */
+	if (key->proto == IPPROTO_TCP && (pkt->tcp_flags & 0x12) == 0x02)
+		nf->syn_ns = nf->first_ns;
 	il_classify_global(key, nf, 0, IL_SRC_NONE);
 	/* Not settled by a static rule: TLS (TCP) and QUIC (UDP/443) flows wait for
 	 * what their first packets say (SNI), which also confirms a DNS-learned
@@ -184,6 +187,12 @@ int lan_ingress(struct xdp_md *ctx)
 	flow->tcp_flags_up |= pkt.tcp_flags;
 	if (pkt.frag != IL_FRAG_NONE)
 		flow->flags |= IL_FLOW_F_FRAGMENTS;
+	/* Timing: the precise clock only for these once-per-flow events. */
+	if (flow->synack_ns && !flow->lan_ack_ns && (pkt.tcp_flags & 0x10))
+		flow->lan_ack_ns = bpf_ktime_get_ns();
+	if (!flow->first_up_payload_ns && pkt.l4_ok && pkt.frag != IL_FRAG_LATER &&
+	    len > (__u64)pkt.l3_off + pkt.l3_hdr_len + pkt.l4_hdr_len)
+		flow->first_up_payload_ns = bpf_ktime_get_ns();
 	if (flow->flags & IL_FLOW_F_PENDING) {
 		__u32 payload_off = 0;
 

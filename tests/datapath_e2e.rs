@@ -379,3 +379,60 @@ fn mark_and_priority_drive_policy_routing_and_htb() {
     assert_eq!(packets("1a1:30"), 0, "low queue got interactive packets: {classes}");
     assert!(daemon.stop(Duration::from_secs(10)).unwrap().success());
 }
+
+/// A token stream (many small chunks over more than a second, as server-sent
+/// events arrive) is flagged streaming; a bulk response of the same bytes in one
+/// go is not. Timing fields are filled for both.
+#[test]
+fn streaming_responses_are_flagged_and_timed() {
+    if !require_root_or_skip("streaming_responses_are_flagged_and_timed") {
+        return;
+    }
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let work = WorkDir::new("dp-stream").unwrap();
+    let lab = Lab::build(&LabOptions::default()).unwrap();
+    let socket = work.path().join("control.sock");
+    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &config(&socket, "enforce", r#"["fiber"]"#)).unwrap();
+    let listener = lab.ns(Role::Inet).run_in("bind", || TcpListener::bind((addr::SERVER_V4, 8080))).unwrap();
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().take(2).enumerate() {
+            let mut conn = conn.unwrap();
+            conn.set_nodelay(true).unwrap();
+            let mut req = [0u8; 256];
+            let _ = conn.read(&mut req);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n");
+            if i == 0 {
+                // 40 events of a few tokens, 40 ms apart: 1.6 s of streaming.
+                for n in 0..40 {
+                    let _ = conn.write_all(format!("data: {{\"token\": \"t{n:03}\"}}\n\n").as_bytes());
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+            } else {
+                let _ = conn.write_all(&vec![b'x'; 40 * 30]);
+            }
+        }
+    });
+    let fetch = || {
+        let mut c = lab
+            .ns(Role::Lan)
+            .run_in("connect", || TcpStream::connect_timeout(&SocketAddr::from((addr::SERVER_V4, 8080)), Duration::from_secs(2)))
+            .unwrap();
+        c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: lab\r\n\r\n").unwrap();
+        let mut body = Vec::new();
+        c.read_to_end(&mut body).unwrap();
+        c.local_addr().unwrap().port()
+    };
+    let streamed = fetch();
+    let bulk = fetch();
+    let all = flows(&socket);
+    let s = find(&all, streamed, IpAddr::V4(addr::SERVER_V4), 8080);
+    let b = find(&all, bulk, IpAddr::V4(addr::SERVER_V4), 8080);
+    assert!(s.streaming, "token stream not flagged: {s:?}");
+    assert!(!b.streaming, "one-shot response flagged streaming: {b:?}");
+    for f in [s, b] {
+        assert!(f.handshake_rtt_us.is_some() && f.lan_rtt_us.is_some() && f.ttfb_us.is_some(), "timing missing: {f:?}");
+    }
+    assert!(s.response_ms.unwrap() >= 1400, "the stream lasted about 1.6 s: {s:?}");
+    assert!(daemon.stop(Duration::from_secs(10)).unwrap().success());
+}

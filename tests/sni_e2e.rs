@@ -135,6 +135,13 @@ fn sni_names_the_provider_before_the_first_application_data() {
         assert_eq!((x.source.as_deref(), x.class.as_deref(), x.rule), (Some("sni"), Some("fast"), Some(1)), "{x:?}");
         assert_eq!(x.dscp, Some(46), "{x:?}");
         assert!(!x.pending && !x.ech, "{x:?}");
+        // Timing from the datapath's timestamps: all there, and plausible for a
+        // lab of veths (well under a second).
+        for (what, v) in [("handshake RTT", x.handshake_rtt_us), ("LAN RTT", x.lan_rtt_us), ("TTFB", x.ttfb_us)] {
+            let us = v.unwrap_or_else(|| panic!("no {what}: {x:?}"));
+            assert!(us < 1_000_000, "{what} {us} µs: {x:?}");
+        }
+        assert!(!x.streaming, "a short response is not streaming: {x:?}");
     }
     // On the wire (NATed, at the ISP): per connection, the first client payload
     // packet is the ClientHello, sent before any verdict; every one after it —

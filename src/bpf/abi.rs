@@ -104,6 +104,7 @@ pub struct Flow {
     pub pad1: u32,
     pub syn_ns: u64,
     pub synack_ns: u64,
+    pub lan_ack_ns: u64,
     pub first_up_payload_ns: u64,
     pub first_down_payload_ns: u64,
 }
@@ -274,7 +275,7 @@ pub struct FragKey {
 const _: () = assert!(std::mem::size_of::<IfKey>() == 8);
 const _: () = assert!(std::mem::size_of::<Counters>() == 56);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(std::mem::size_of::<Flow>() == 112);
+const _: () = assert!(std::mem::size_of::<Flow>() == 120);
 const _: () = assert!(std::mem::size_of::<FlowStats>() == 80);
 const _: () = assert!(std::mem::size_of::<RuleProviderKey>() == 8);
 const _: () = assert!(std::mem::size_of::<AddrInfo>() == 8);

@@ -46,6 +46,30 @@ pub struct FlowInfo {
     pub tcp_flags_down: u8,
     pub age_ms: u64,
     pub idle_ms: u64,
+    /// Provider-side TCP handshake round trip: the client's SYN to the server's
+    /// SYN-ACK, as the router saw them (microseconds).
+    pub handshake_rtt_us: Option<u64>,
+    /// LAN-side round trip: SYN-ACK to the client's ACK (microseconds).
+    pub lan_rtt_us: Option<u64>,
+    /// Time to first byte: the client's first payload byte to the server's first
+    /// (microseconds): request upload, server think time and one WAN round trip.
+    pub ttfb_us: Option<u64>,
+    /// From the first response byte to the latest packet (milliseconds).
+    pub response_ms: Option<u64>,
+    /// A long response of small packets: token streaming (server-sent events).
+    pub streaming: bool,
+}
+
+fn span_us(from: u64, to: u64) -> Option<u64> {
+    (from > 0 && to >= from).then(|| (to - from) / 1000)
+}
+
+/// Many small download packets over more than a second: tokens arriving one by
+/// one (server-sent events), not a bulk transfer of full-size segments. Average
+/// sizes count headers, so the bound sits well below an MSS.
+fn is_streaming(f: &Flow) -> bool {
+    let long = f.first_down_payload_ns > 0 && f.last_ns.saturating_sub(f.first_down_payload_ns) >= 1_000_000_000;
+    long && f.down_packets >= 20 && f.down_bytes / f.down_packets.max(1) < 400
 }
 
 fn proto_name(p: u8) -> String {
@@ -109,8 +133,17 @@ impl FlowInfo {
             tcp_flags_down: f.tcp_flags_down,
             age_ms: now_ns.saturating_sub(f.first_ns) / 1_000_000,
             idle_ms: now_ns.saturating_sub(f.last_ns) / 1_000_000,
+            handshake_rtt_us: span_us(f.syn_ns, f.synack_ns),
+            lan_rtt_us: span_us(f.synack_ns, f.lan_ack_ns),
+            ttfb_us: span_us(f.first_up_payload_ns, f.first_down_payload_ns),
+            response_ms: span_us(f.first_down_payload_ns, f.last_ns.max(f.first_down_payload_ns)).map(|us| us / 1000),
+            streaming: is_streaming(f),
         }
     }
+}
+
+fn ms(us: Option<u64>) -> String {
+    us.map(|u| format!("{:.1}", u as f64 / 1000.0)).unwrap_or_else(|| "-".into())
 }
 
 fn endpoint(ip: IpAddr, port: u16) -> String {
@@ -127,8 +160,9 @@ pub fn render(flows: &[FlowInfo]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<6} {:<44} {:<44} {:<14} {:<7} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>9}",
-        "proto", "client", "remote", "provider", "via", "class", "dscp", "up pkts", "up bytes", "down pkts", "down bytes", "age"
+        "{:<6} {:<44} {:<44} {:<14} {:<7} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8} {:>9}",
+        "proto", "client", "remote", "provider", "via", "class", "dscp", "up pkts", "up bytes", "down pkts", "down bytes",
+        "rtt ms", "ttfb ms", "age"
     );
     for f in sorted {
         let class = match (&f.class, f.blocked) {
@@ -143,7 +177,7 @@ pub fn render(flows: &[FlowInfo]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<6} {:<44} {:<44} {:<14} {:<7} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8.1}s",
+            "{:<6} {:<44} {:<44} {:<14} {:<7} {:<12} {:>4} {:>10} {:>12} {:>10} {:>12} {:>8} {:>8} {:>8.1}s{}",
             f.proto,
             endpoint(f.client, f.client_port),
             endpoint(f.remote, f.remote_port),
@@ -155,7 +189,10 @@ pub fn render(flows: &[FlowInfo]) -> String {
             f.up_bytes,
             f.down_packets,
             f.down_bytes,
-            f.age_ms as f64 / 1000.0
+            ms(f.handshake_rtt_us),
+            ms(f.ttfb_us),
+            f.age_ms as f64 / 1000.0,
+            if f.streaming { " streaming" } else { "" }
         );
     }
     let _ = writeln!(out, "{} flows", flows.len());
