@@ -239,6 +239,13 @@ static __always_inline void il_classify_with(const struct il_flow_key *key, stru
 	if (provider) {
 		flow->provider_id = provider;
 		flow->source = source;
+		/* QUIC to a provider, when the config says so: dropped, so the client
+		 * falls back to TCP. */
+		if (s && s->block_ai_quic && key->proto == IPPROTO_UDP &&
+		    key->remote_port == bpf_htons(443)) {
+			flow->verdict = IL_VERDICT_BLOCK;
+			return;
+		}
 	}
 	if (!s || !s->n_rules)
 		return;

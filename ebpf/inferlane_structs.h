@@ -291,7 +291,7 @@ struct il_settings {
 	__u32 rule_set; /* 0 or 1: which copy of the rule maps is live */
 	__u32 enforce;  /* 1 enforce, 0 observe (classify and count, change nothing) */
 	__u32 n_rules;  /* rules in the live set */
-	__u32 pad;
+	__u32 block_ai_quic; /* 1: UDP/443 flows to a known provider are blocked */
 };
 
 /* XDP metadata handed from lan_ingress (XDP) to lan_ingress_tc in front of the

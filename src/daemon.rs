@@ -246,7 +246,7 @@ impl State {
             let mut live = self.live();
             restart_only_changes(&live.config, &p.config)?;
             self.datapath()
-                .install(&p.rules.maps(), p.config.daemon.mode == Mode::Enforce)
+                .install_with(&p.rules.maps(), switches(&p.config))
                 .map_err(|e| format!("install rules: {e}; the previous rules stay in force"))?;
             live.config = p.config;
             live.catalog = p.catalog;
@@ -522,6 +522,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), String> {
     }
 }
 
+fn switches(config: &Config) -> crate::bpf::maps::Switches {
+    crate::bpf::maps::Switches {
+        enforce: config.daemon.mode == Mode::Enforce,
+        block_ai_quic: config.daemon.block_ai_quic,
+    }
+}
+
 pub fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Enforce => "enforce",
@@ -541,7 +548,7 @@ pub fn monotonic_ns() -> u64 {
 fn start_datapath(p: &Prepared) -> Result<Datapath, DaemonError> {
     let mut datapath = Datapath::load_with(LoadOptions { flow_table_size: p.config.daemon.flow_table_size })?;
     // Rules before attaching: the first packet of every flow is classified.
-    datapath.install(&p.rules.maps(), p.config.daemon.mode == Mode::Enforce)?;
+    datapath.install_with(&p.rules.maps(), switches(&p.config))?;
     for iface in &p.config.lan.interfaces {
         let a = datapath.attach(iface)?;
         tracing::info!(iface = %a.iface, ifindex = a.ifindex, xdp = ?a.xdp, tc = ?a.tc, "attached");

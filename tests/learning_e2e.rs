@@ -237,3 +237,41 @@ fn dns_answers_classify_the_next_connection_at_its_syn() {
     assert!(daemon.stop(Duration::from_secs(10)).unwrap().success());
     drop((https4, https6));
 }
+
+/// With block_ai_quic, QUIC (UDP/443) to a learned provider address is dropped at
+/// its first packet, so clients fall back to TCP; UDP/443 elsewhere passes.
+#[test]
+fn block_ai_quic_drops_udp_443_to_providers_only() {
+    if !require_root_or_skip("block_ai_quic_drops_udp_443_to_providers_only") {
+        return;
+    }
+    let work = WorkDir::new("learn-quic").unwrap();
+    let lab = Lab::build(&LabOptions::default()).unwrap();
+    lab.run(Role::Inet, "ip", &["addr", "add", &format!("{OTHER_V4}/32"), "dev", "lo"]).unwrap();
+    let socket = work.path().join("control.sock");
+    let cfg = config(&socket).replace("flow_table_size = 4096", "flow_table_size = 4096\nblock_ai_quic = true");
+    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &cfg).unwrap();
+    resolver(&lab);
+    assert_eq!(resolve_udp(&lab, "api.openai.com", TYPE::A), vec![IpAddr::V4(addr::SERVER_V4)]);
+    wait_learned(&daemon, 1);
+
+    let sink = |ip: Ipv4Addr| {
+        let s = lab.ns(Role::Inet).run_in("bind", move || UdpSocket::bind((ip, 443))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s
+    };
+    let (provider_sink, other_sink) = (sink(addr::SERVER_V4), sink(OTHER_V4));
+    let client = lab.ns(Role::Lan).run_in("bind", || UdpSocket::bind("0.0.0.0:0")).unwrap();
+    for _ in 0..3 {
+        client.send_to(&[0xc0; 1200], (addr::SERVER_V4, 443)).unwrap();
+        client.send_to(&[0xc0; 1200], (OTHER_V4, 443)).unwrap();
+    }
+    let mut buf = [0u8; 1500];
+    assert!(provider_sink.recv_from(&mut buf).is_err(), "QUIC to a provider was forwarded");
+    assert_eq!(other_sink.recv_from(&mut buf).unwrap().0, 1200, "QUIC elsewhere must pass");
+    let f = flows(&socket);
+    let blocked = f.iter().find(|x| x.remote == IpAddr::V4(addr::SERVER_V4) && x.remote_port == 443).unwrap();
+    assert!(blocked.blocked && blocked.provider.as_deref() == Some("openai"), "{blocked:?}");
+    assert_eq!(daemon.status().unwrap().flow_table.stats.blocked, 3);
+    assert!(daemon.stop(Duration::from_secs(10)).unwrap().success());
+}

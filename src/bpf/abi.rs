@@ -258,7 +258,7 @@ pub struct Settings {
     pub rule_set: u32,
     pub enforce: u32,
     pub n_rules: u32,
-    pub pad: u32,
+    pub block_ai_quic: u32,
 }
 
 /// `struct il_frag_key`

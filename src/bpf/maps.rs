@@ -22,6 +22,14 @@ pub struct RuleMaps<'a> {
     pub provider_defaults: &'a [(u16, Rule)],
 }
 
+/// Datapath behaviour switches, written with each rule set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Switches {
+    /// Enforce (mark, rewrite, block) rather than observe.
+    pub enforce: bool,
+    pub block_ai_quic: bool,
+}
+
 const MAP_ADDR_PROVIDERS: &str = "addr_providers";
 const MAP_PUNTS: &str = "punts";
 const MAP_FLOW_VERDICTS: &str = "flow_verdicts";
@@ -55,6 +63,11 @@ impl Datapath {
     /// the flip the live copy is untouched, so a failure leaves the old rules in
     /// force, and a packet sees either the old rules or the new ones, never a mix.
     pub fn install(&mut self, rules: &RuleMaps<'_>, enforce: bool) -> Result<(), BpfError> {
+        self.install_with(rules, Switches { enforce, block_ai_quic: false })
+    }
+
+    /// [`Datapath::install`] with every switch of the settings map.
+    pub fn install_with(&mut self, rules: &RuleMaps<'_>, sw: Switches) -> Result<(), BpfError> {
         let current = self.settings()?;
         let idle = 1 - (current.rule_set & 1);
         let (rules_name, dests_name, clients_name) = rule_map_names(idle);
@@ -116,9 +129,9 @@ impl Datapath {
         // torn value sees either set's answer for its single lookup.
         self.write_settings(Settings {
             rule_set: idle,
-            enforce: enforce as u32,
+            enforce: sw.enforce as u32,
             n_rules: rules.rules.len() as u32,
-            pad: 0,
+            block_ai_quic: sw.block_ai_quic as u32,
         })
     }
 

@@ -59,6 +59,9 @@ pub struct Daemon {
     pub control_socket: PathBuf,
     /// Entries of the eBPF flow table (fixed kernel memory, about 200 bytes each).
     pub flow_table_size: u32,
+    /// Drop QUIC (UDP/443) to AI providers, so clients fall back to TCP, where the
+    /// SNI is readable by anyone on the path and TCP queueing applies.
+    pub block_ai_quic: bool,
 }
 
 /// Bounds of `flow_table_size`: below, a busy office evicts live flows; above, the
@@ -72,6 +75,7 @@ impl Default for Daemon {
             mode: Mode::Enforce,
             control_socket: PathBuf::from("/run/inferlane/control.sock"),
             flow_table_size: 262_144,
+            block_ai_quic: false,
         }
     }
 }
