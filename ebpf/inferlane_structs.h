@@ -263,6 +263,7 @@ struct il_addr_info {
 #define IL_PUNT_DNS  1 /* a DNS answer on its way to a LAN client (lan_egress) */
 #define IL_PUNT_TLS  2 /* a client segment of a pending TCP flow (lan_ingress) */
 #define IL_PUNT_QUIC 3 /* a client long-header datagram of a pending UDP/443 flow */
+#define IL_PUNT_HTTP 4 /* the first plaintext request of a pending TCP flow */
 
 /* A verdict from userspace for a pending flow (value of flow_verdicts): the
  * datapath applies it at the flow's next upload packet, re-running the rules with

@@ -136,6 +136,14 @@ __noinline int il_pending(struct xdp_md *ctx, const struct il_flow_key *key, str
 	if (key->proto == IPPROTO_TCP) {
 		/* A TLS handshake record starts the stream, or it is not TLS. */
 		if (!flow->punts && first != 0x16) {
+			/* Plaintext that starts like a request line (GET, POST, ...) or
+			 * the HTTP/2 preface (PRI): one packet for userspace, which
+			 * knows the inference ports and the servers' paths. */
+			if (first >= 'A' && first <= 'Z' &&
+			    !il_punt_xdp(ctx, IL_PUNT_HTTP, len)) {
+				flow->punts = IL_MAX_FLOW_PUNTS;
+				return 0;
+			}
 			flow->flags &= ~IL_FLOW_F_PENDING;
 			return 0;
 		}

@@ -216,6 +216,7 @@ impl State {
                 addresses_live: self.book.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
                 hellos: self.learning.hellos.load(Ordering::Relaxed),
                 hello_errors: self.learning.hello_errors.load(Ordering::Relaxed),
+                inference_requests: self.learning.requests.load(Ordering::Relaxed),
                 providers: live.catalog.providers().len(),
             },
         })
@@ -288,6 +289,7 @@ const MAX_NAMES: usize = 65536;
 #[derive(Default)]
 struct LearningCounters {
     hellos: AtomicU64,
+    requests: AtomicU64,
     hello_errors: AtomicU64,
     punts: AtomicU64,
     dns_answers: AtomicU64,
@@ -310,6 +312,7 @@ impl State {
         match kind {
             crate::bpf::abi::PUNT_DNS => self.handle_dns(frame),
             crate::bpf::abi::PUNT_TLS | crate::bpf::abi::PUNT_QUIC => self.handle_hello(kind, frame),
+            crate::bpf::abi::PUNT_HTTP => self.handle_http(frame),
             _ => {}
         }
     }
@@ -384,7 +387,6 @@ impl State {
             Some(p.id)
         });
         if let Some(name) = &sni {
-            self.learning.hellos.fetch_add(1, Ordering::Relaxed);
             let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
             if names.len() >= MAX_NAMES {
                 names.clear();
@@ -396,6 +398,50 @@ impl State {
             provider_id: provider.unwrap_or(0),
             source,
             flags: if ech { crate::bpf::abi::FLOW_F_ECH } else { 0 },
+            pad: 0,
+        };
+        if let Err(e) = self.datapath().set_verdict(pkt.key, verdict) {
+            tracing::warn!(error = %e, "hand verdict to the datapath");
+        }
+        // Counted once the verdict is in the datapath: whoever watches the counter
+        // (tests, operators) may rely on the verdict being there.
+        if sni.is_some() {
+            self.learning.hellos.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The first plaintext request of a TCP flow: on an inference port, the
+    /// request line names the kind of self-hosted server.
+    fn handle_http(&self, frame: &[u8]) {
+        let Some(pkt) = crate::classify::frame::client_packet(frame) else { return };
+        let port = u16::from_be(pkt.key.remote_port);
+        let provider = {
+            let live = self.live();
+            let on_port = live
+                .config
+                .daemon
+                .inference_ports
+                .iter()
+                .any(|p| p.contains(crate::config::L4Proto::Tcp, port));
+            on_port
+                .then(|| crate::classify::http::server_kind(pkt.payload))
+                .flatten()
+                .and_then(|kind| live.catalog.by_name(kind))
+                .map(|p| (p.id, p.name.clone()))
+        };
+        if let Some((_, name)) = &provider {
+            self.learning.requests.fetch_add(1, Ordering::Relaxed);
+            let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            if names.len() >= MAX_NAMES {
+                names.clear();
+            }
+            names.insert(pkt.key, format!("{name} request"));
+        }
+        // Provider 0 ends the flow's wait: it is plain HTTP of another kind.
+        let verdict = crate::bpf::abi::Verdict {
+            provider_id: provider.map_or(0, |(id, _)| id),
+            source: crate::bpf::abi::SRC_HTTP,
+            flags: 0,
             pad: 0,
         };
         if let Err(e) = self.datapath().set_verdict(pkt.key, verdict) {

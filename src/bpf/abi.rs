@@ -198,6 +198,7 @@ pub struct AddrInfo {
 pub const PUNT_DNS: u32 = 1;
 pub const PUNT_TLS: u32 = 2;
 pub const PUNT_QUIC: u32 = 3;
+pub const PUNT_HTTP: u32 = 4;
 
 /// `struct il_verdict`: a userspace verdict for a pending flow.
 #[repr(C)]

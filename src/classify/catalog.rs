@@ -61,6 +61,9 @@ pub struct Provider {
     pub hosts: Vec<String>,
     /// The documentation page the hosts come from, or [`CONFIG_SOURCE`].
     pub source: String,
+    /// A kind of self-hosted server (no hosts): recognised by its plaintext
+    /// requests on the inference ports.
+    pub self_hosted: bool,
 }
 
 /// A problem with a catalog: the built-in file (a bug caught by the tests) or the
@@ -125,8 +128,13 @@ struct Entry {
     name: String,
     display: String,
     class: String,
+    #[serde(default)]
     hosts: Vec<String>,
     source: String,
+    /// A kind of self-hosted inference server, recognised by its plaintext
+    /// requests on the configured inference ports rather than by a host name.
+    #[serde(default)]
+    self_hosted: bool,
 }
 
 impl Catalog {
@@ -170,6 +178,7 @@ impl Catalog {
                         .unwrap_or_else(|| DEFAULT_CLASS.to_owned()),
                     hosts: entry.hosts.clone(),
                     source: CONFIG_SOURCE.to_owned(),
+                    self_hosted: false,
                 });
             }
         }
@@ -199,6 +208,7 @@ impl Catalog {
                 class: entry.class,
                 hosts: entry.hosts,
                 source: entry.source,
+                self_hosted: entry.self_hosted,
             });
         }
         builder.finish()
@@ -294,7 +304,7 @@ impl Builder {
             self.errors.push(CatalogError::TooMany);
             return;
         }
-        if provider.hosts.is_empty() {
+        if provider.hosts.is_empty() && !provider.self_hosted {
             self.errors.push(CatalogError::NoHosts(name.clone()));
         }
         let index = self.catalog.providers.len();

@@ -8,3 +8,4 @@ pub mod quic;
 pub mod dns;
 pub mod learn;
 pub mod frame;
+pub mod http;

@@ -62,6 +62,15 @@ pub struct Daemon {
     /// Drop QUIC (UDP/443) to AI providers, so clients fall back to TCP, where the
     /// SNI is readable by anyone on the path and TCP queueing applies.
     pub block_ai_quic: bool,
+    /// Where self-hosted inference servers listen: plaintext HTTP requests (and
+    /// the HTTP/2 preface) to these ports are read to name the server kind.
+    pub inference_ports: Vec<PortSpec>,
+}
+
+/// Ollama (11434), vLLM/TGI/llama.cpp and most OpenAI-compatible servers (8000,
+/// 8080), Triton HTTP and gRPC (8000, 8001).
+pub fn default_inference_ports() -> Vec<PortSpec> {
+    ["tcp:11434", "tcp:8000-8001", "tcp:8080"].iter().map(|p| p.parse().expect("valid default")).collect()
 }
 
 /// Bounds of `flow_table_size`: below, a busy office evicts live flows; above, the
@@ -76,6 +85,7 @@ impl Default for Daemon {
             control_socket: PathBuf::from("/run/inferlane/control.sock"),
             flow_table_size: 262_144,
             block_ai_quic: false,
+            inference_ports: default_inference_ports(),
         }
     }
 }

@@ -90,6 +90,8 @@ pub struct LearningStatus {
     /// ClientHellos (TLS and QUIC) read from pending flows, and those not understood.
     pub hellos: u64,
     pub hello_errors: u64,
+    /// Plaintext requests that named a self-hosted inference server.
+    pub inference_requests: u64,
     /// Providers in the catalog in force (built-in plus config).
     pub providers: usize,
 }
