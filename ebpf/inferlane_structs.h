@@ -132,6 +132,7 @@ struct il_flow_stats {
 	__u64 download_unmatched; /* download packets with no flow (not from a client flow) */
 	__u64 punted;         /* packets copied to userspace (DNS answers, ...) */
 	__u64 punt_failed;    /* the ring buffer was full: the packet still passed */
+	__u64 would_block;    /* observe mode: packets a block verdict would have dropped */
 };
 
 /* IP fragments: the first fragment's ports, for the fragments after it. */

@@ -210,8 +210,12 @@ int lan_ingress(struct xdp_md *ctx)
 	}
 
 	s = il_settings();
-	if (!s || !s->enforce)
+	if (!s || !s->enforce) {
+		/* Observe mode: count what a block verdict would have dropped. */
+		if (flow->verdict == IL_VERDICT_BLOCK)
+			IL_STAT_INC(would_block);
 		return XDP_PASS;
+	}
 	if (flow->verdict == IL_VERDICT_BLOCK) {
 		IL_STAT_INC(blocked);
 		return XDP_DROP;

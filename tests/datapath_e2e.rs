@@ -436,3 +436,45 @@ fn streaming_responses_are_flagged_and_timed() {
     assert!(s.response_ms.unwrap() >= 1400, "the stream lasted about 1.6 s: {s:?}");
     assert!(daemon.stop(Duration::from_secs(10)).unwrap().success());
 }
+
+/// A block rule drops the flow at its first packet (the SYN): the server never
+/// sees it and connect() gets no answer; observe mode would only have counted it.
+/// IPv4 and IPv6.
+#[test]
+fn blocked_tcp_flows_are_dropped_at_the_syn() {
+    if !require_root_or_skip("blocked_tcp_flows_are_dropped_at_the_syn") {
+        return;
+    }
+    use std::net::{TcpListener, TcpStream};
+    let work = WorkDir::new("dp-block").unwrap();
+    let lab = Lab::build(&LabOptions::default()).unwrap();
+    let socket = work.path().join("control.sock");
+    let cfg = config(&socket, "enforce", r#"["fiber"]"#)
+        + &format!(
+            "\n[[rules]]\naction = \"block\"\ndestinations = [\"{}/32\", \"{}/128\"]\nports = [\"tcp:7100\"]\n",
+            addr::SERVER_V4,
+            addr::SERVER_V6
+        );
+    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &cfg).unwrap();
+    let mut listeners = Vec::new();
+    for ip in [IpAddr::V4(addr::SERVER_V4), IpAddr::V6(addr::SERVER_V6)] {
+        let l = lab.ns(Role::Inet).run_in("bind", move || TcpListener::bind((ip, 7100))).unwrap();
+        l.set_nonblocking(true).unwrap();
+        listeners.push(l);
+    }
+    for ip in [IpAddr::V4(addr::SERVER_V4), IpAddr::V6(addr::SERVER_V6)] {
+        let err = lab
+            .ns(Role::Lan)
+            .run_in("connect", move || TcpStream::connect_timeout(&SocketAddr::new(ip, 7100), Duration::from_millis(1500)))
+            .expect_err("a blocked connection was established");
+        assert!(err.to_string().contains("timed out"), "{ip}: expected no answer, got {err}");
+    }
+    for l in &listeners {
+        assert!(l.accept().is_err(), "a blocked SYN reached the server");
+    }
+    let s = daemon.status().unwrap();
+    assert!(s.flow_table.stats.blocked >= 2, "{:?}", s.flow_table.stats);
+    let f = flows(&socket);
+    assert_eq!(f.iter().filter(|x| x.blocked && x.remote_port == 7100).count(), 2, "{f:#?}");
+    assert!(daemon.stop(Duration::from_secs(10)).unwrap().success());
+}

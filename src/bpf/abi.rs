@@ -123,6 +123,7 @@ pub struct FlowStats {
     pub download_unmatched: u64,
     pub punted: u64,
     pub punt_failed: u64,
+    pub would_block: u64,
 }
 
 impl FlowStats {
@@ -137,6 +138,7 @@ impl FlowStats {
         self.download_unmatched += o.download_unmatched;
         self.punted += o.punted;
         self.punt_failed += o.punt_failed;
+        self.would_block += o.would_block;
     }
 }
 
@@ -277,7 +279,7 @@ const _: () = assert!(std::mem::size_of::<IfKey>() == 8);
 const _: () = assert!(std::mem::size_of::<Counters>() == 56);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow>() == 120);
-const _: () = assert!(std::mem::size_of::<FlowStats>() == 80);
+const _: () = assert!(std::mem::size_of::<FlowStats>() == 88);
 const _: () = assert!(std::mem::size_of::<RuleProviderKey>() == 8);
 const _: () = assert!(std::mem::size_of::<AddrInfo>() == 8);
 const _: () = assert!(std::mem::size_of::<Verdict>() == 8);

@@ -157,8 +157,8 @@ impl Status {
         );
         let _ = writeln!(
             out,
-            "datapath: {} packets DSCP-rewritten, {} dropped (blocked flows), fragments {} first / {} later / {} orphan",
-            ft.stats.dscp_rewritten, ft.stats.blocked, ft.stats.frag_first, ft.stats.frag_nonfirst, ft.stats.frag_orphan
+            "datapath: {} packets DSCP-rewritten, {} dropped (blocked flows), {} would have been dropped (observe mode), fragments {} first / {} later / {} orphan",
+            ft.stats.dscp_rewritten, ft.stats.blocked, ft.stats.would_block, ft.stats.frag_first, ft.stats.frag_nonfirst, ft.stats.frag_orphan
         );
         let r = &self.rules;
         let _ = writeln!(
