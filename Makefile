@@ -2,7 +2,7 @@
 # the privileged tests create network namespaces and load eBPF programs.
 
 # Debian packages the build, the lab and the tests need.
-APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump
+APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump openssl curl
 
 CARGO ?= cargo
 # bash: the test recipe reads PIPESTATUS.
@@ -55,9 +55,22 @@ check-clean:
 	[ "$$progs" = 0 ] || left="$$left $$progs inferlane programs still loaded;"; \
 	if [ -n "$$left" ]; then echo "error: left behind:$$left"; exit 1; fi; echo "nothing left behind"
 
-## bench: benchmarks, figures written to BENCHMARKS.md
+# Debian packages only the benchmarks need (trafgen, for the forwarding benchmark).
+BENCH_APT_PACKAGES := netsniff-ng
+
+## bench: benchmarks, figures written to BENCHMARKS.md (installs BENCH_APT_PACKAGES first)
 bench: deps
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	$(CARGO) build --release --bin inferlane
 	$(CARGO) run --release --example bench_datapath -- --write BENCHMARKS.md
+	$(CARGO) run --release --example bench_userspace -- --write BENCHMARKS.md
+	$(CARGO) run --release --example bench_forwarding -- --write BENCHMARKS.md
 
 clean:
 	$(CARGO) clean

@@ -108,7 +108,7 @@ fn main() {
         section.push_str(&format!(
             "Command: `make bench` (`cargo run --release --example bench_datapath -- --write BENCHMARKS.md`), as root.\n\
              Kernel {}, {} CPUs. Each figure: median of {ROUNDS} rounds of {REPEAT} runs, the kernel's average per run.\n\
-             Programs as of this commit: parse L2/L3 and count per interface and direction (no flow table yet).\n\n\
+             Programs: full datapath (parse L2-L4, flow table lookup, counters; the repeated packet is an established flow after its first run). The test run adds its own loop overhead.\n\n\
              | packet | lan_ingress (XDP) | lan_egress (TC) |\n|---|---|---|\n",
             kernel(),
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
