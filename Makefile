@@ -33,11 +33,13 @@ lab: build
 ## test: every test, privileged ones included; a privileged test that cannot run fails
 test: deps
 	@mkdir -p target
-	INFERLANE_REQUIRE_PRIVILEGED=1 $(CARGO) test --all-targets 2>&1 | tee target/test.log; \
+	$(CARGO) build --all-targets
+	INFERLANE_REQUIRE_PRIVILEGED=1 $(CARGO) test --lib --bins --tests 2>&1 | tee target/test.log; \
 	status=$${PIPESTATUS[0]}; \
 	if grep -q "SKIPPED (needs root)" target/test.log; then echo "error: privileged tests were skipped"; exit 1; fi; \
 	exit $$status
 	@$(MAKE) --no-print-directory check-clean
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 ## test-unit: the tests that need no root (config, parsers, encoders)
 test-unit:
