@@ -480,8 +480,12 @@ impl State {
         }
     }
 
-    /// Forget learned addresses past TTL + grace that no recent flow uses.
+    /// Forget learned addresses past TTL + grace that no recent flow uses, and
+    /// verdicts that no flow will pick up any more.
     fn expire_learned(&self) {
+        if let Err(e) = self.datapath().sweep_verdicts() {
+            tracing::warn!(error = %e, "sweep stale verdicts");
+        }
         let now_ns = monotonic_ns();
         let in_use: std::collections::HashSet<std::net::IpAddr> = match self.datapath().flows() {
             Ok(flows) => flows

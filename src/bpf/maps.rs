@@ -188,6 +188,34 @@ impl Datapath {
         map.insert(key, verdict, 0).map_err(map_err(MAP_FLOW_VERDICTS))
     }
 
+    /// Remove verdicts no flow will pick up: the flow ended, was evicted, or is
+    /// no longer waiting. Returns how many went.
+    pub fn sweep_verdicts(&mut self) -> Result<usize, BpfError> {
+        let stale: Vec<FlowKey> = {
+            let verdicts: HashMap<&MapData, FlowKey, super::abi::Verdict> =
+                HashMap::try_from(self.map_data(MAP_FLOW_VERDICTS)?).map_err(map_err(MAP_FLOW_VERDICTS))?;
+            let flows: HashMap<&MapData, FlowKey, Flow> =
+                HashMap::try_from(self.map_data(MAP_FLOWS)?).map_err(map_err(MAP_FLOWS))?;
+            verdicts
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| match flows.get(k, 0) {
+                    Ok(f) => f.flags & super::abi::FLOW_F_PENDING == 0,
+                    Err(_) => true,
+                })
+                .collect()
+        };
+        let mut map: HashMap<&mut MapData, FlowKey, super::abi::Verdict> =
+            HashMap::try_from(self.map_data_mut(MAP_FLOW_VERDICTS)?).map_err(map_err(MAP_FLOW_VERDICTS))?;
+        for k in &stale {
+            match map.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(MAP_FLOW_VERDICTS)(e)),
+            }
+        }
+        Ok(stale.len())
+    }
+
     pub fn forget_address(&mut self, addr: [u8; 16]) -> Result<(), BpfError> {
         let mut map: HashMap<&mut MapData, [u8; 16], AddrInfo> =
             HashMap::try_from(self.map_data_mut(MAP_ADDR_PROVIDERS)?).map_err(map_err(MAP_ADDR_PROVIDERS))?;
