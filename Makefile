@@ -8,7 +8,7 @@ CARGO ?= cargo
 # bash: the test recipe reads PIPESTATUS.
 SHELL := /bin/bash
 
-.PHONY: deps build release lab test test-unit check-root check-clean bench clean
+.PHONY: deps build release lab test test-unit check-root check-clean bench fuzz clean
 
 ## deps: install the Debian packages that are missing (apt-get update only if needed)
 deps: check-root
@@ -73,6 +73,21 @@ bench: deps
 	$(CARGO) run --release --example bench_datapath -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_userspace -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_forwarding -- --write BENCHMARKS.md
+
+## fuzz: cargo-fuzz on the punt parsers (DNS, TLS, QUIC, frames), FUZZ_SECONDS each
+## (default 60). Stable Rust: no sanitizer, libFuzzer's coverage guidance only.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := dns tls quic frame
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		seeds=""; [ -d fuzz/seeds/$$t ] && seeds="fuzz/seeds/$$t"; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+		$(CARGO) fuzz run --sanitizer none $$t fuzz/corpus/$$t $$seeds -- -max_total_time=$(FUZZ_SECONDS) \
+			> fuzz/$$t.log 2>&1 || { tail -30 fuzz/$$t.log; echo "fuzz $$t FAILED (log: fuzz/$$t.log)"; exit 1; }; \
+		tail -1 fuzz/$$t.log; \
+	done
 
 clean:
 	$(CARGO) clean
