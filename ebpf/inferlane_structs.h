@@ -303,7 +303,12 @@ struct il_meta {
 	__u32 magic;
 	__u32 mark;
 	__u32 priority;
-	__u32 pad;
+	__u32 flags; /* IL_META_F_* | l3 offset << 8 | IPv6 << 16 */
 };
+
+/* A TCP segment of a blocked flow: lan_ingress_tc answers it with a RST (XDP
+ * cannot send it back reliably on every device: veth delivers XDP_TX frames only
+ * to a peer that runs NAPI). */
+#define IL_META_F_RESET 0x1
 
 #endif

@@ -218,6 +218,21 @@ int lan_ingress(struct xdp_md *ctx)
 	}
 	if (flow->verdict == IL_VERDICT_BLOCK) {
 		IL_STAT_INC(blocked);
+		/* TCP (not a RST itself): lan_ingress_tc answers with a RST, so the
+		 * application fails now instead of retrying SYNs for a minute. */
+		if (key.proto == IPPROTO_TCP && pkt.frag == IL_FRAG_NONE && !(pkt.tcp_flags & 0x04) &&
+		    !bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct il_meta))) {
+			struct il_meta *m = (void *)(long)ctx->data_meta;
+
+			if ((void *)(m + 1) > (void *)(long)ctx->data)
+				return XDP_DROP;
+			m->magic = IL_META_MAGIC;
+			m->mark = 0;
+			m->priority = 0;
+			m->flags = IL_META_F_RESET | ((__u32)pkt.l3_off << 8) |
+				   (pkt.kind == IL_L3_IPV6 ? 0x10000 : 0);
+			return XDP_PASS;
+		}
 		return XDP_DROP;
 	}
 	if (flow->dscp != IL_DSCP_KEEP && il_set_dscp(&pkt, data_end, flow->dscp))
@@ -235,7 +250,7 @@ int lan_ingress(struct xdp_md *ctx)
 		m->magic = IL_META_MAGIC;
 		m->mark = mark;
 		m->priority = priority;
-		m->pad = 0;
+		m->flags = 0;
 	}
 	return XDP_PASS;
 }

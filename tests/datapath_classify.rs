@@ -1053,6 +1053,55 @@ fn hex(p: &[u8]) -> String {
     p.iter().take(96).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The il_meta flags lan_ingress writes for a blocked TCP segment that
+/// lan_ingress_tc should answer with a RST: IL_META_F_RESET | l3 offset << 8 |
+/// IPv6 << 16. None when the frame is not such a segment (not TCP, a fragment, or
+/// a RST itself).
+fn reset_request(frame: &[u8]) -> Option<u32> {
+    let mut off = 12;
+    let mut ethertype = u16::from_be_bytes([frame[off], frame[off + 1]]);
+    off += 2;
+    for _ in 0..2 {
+        if ethertype != 0x8100 && ethertype != 0x88a8 {
+            break;
+        }
+        ethertype = u16::from_be_bytes([frame[off + 2], frame[off + 3]]);
+        off += 4;
+    }
+    let l3 = off;
+    let (v6, l4) = match ethertype {
+        0x0800 => {
+            let frag = u16::from_be_bytes([frame[l3 + 6], frame[l3 + 7]]);
+            if frame[l3 + 9] != 6 || frag & 0x3fff != 0 {
+                return None;
+            }
+            (false, l3 + (frame[l3] & 0x0f) as usize * 4)
+        }
+        0x86dd => {
+            let mut next = frame[l3 + 6];
+            let mut at = l3 + 40;
+            for _ in 0..6 {
+                match next {
+                    0 | 43 | 60 => {
+                        next = frame[at];
+                        at += (frame[at + 1] as usize + 1) * 8;
+                    }
+                    _ => break,
+                }
+            }
+            if next != 6 {
+                return None;
+            }
+            (true, at)
+        }
+        _ => return None,
+    };
+    if frame.get(l4 + 13).is_some_and(|f| f & 0x04 != 0) {
+        return None;
+    }
+    Some(1 | (l3 as u32) << 8 | if v6 { 0x10000 } else { 0 })
+}
+
 fn first_difference(want: &[u8], seen: &[u8]) -> Option<usize> {
     (0..want.len().max(seen.len())).find(|&i| want.get(i) != seen.get(i))
 }
@@ -1067,13 +1116,20 @@ fn first_difference(want: &[u8], seen: &[u8]) -> Option<usize> {
 fn check_ingress(run: &XdpRun, frame: &[u8], t: &Treatment, enforce: bool) -> Result<bool, String> {
     let len = frame.len();
     let blocked = enforce && t.verdict == VERDICT_BLOCK;
-    let want_verdict = if blocked { XDP_DROP } else { XDP_PASS };
+    // A blocked TCP segment (not a RST, not a fragment) is passed to
+    // lan_ingress_tc with a "reset" request in the metadata, which answers it with
+    // a RST; anything else blocked is dropped here.
+    let reset = if blocked { reset_request(frame) } else { None };
+    let want_verdict = if blocked && reset.is_none() { XDP_DROP } else { XDP_PASS };
     if run.verdict != want_verdict {
         return Err(format!(
             "expected verdict {want_verdict} ({}), saw {}",
-            if blocked { "XDP_DROP" } else { "XDP_PASS" },
+            if want_verdict == XDP_DROP { "XDP_DROP" } else { "XDP_PASS" },
             run.verdict
         ));
+    }
+    if blocked && reset.is_none() {
+        return Ok(false);
     }
     let rewrite = enforce && !blocked && t.dscp != DSCP_KEEP;
     let want_packet = if rewrite {
@@ -1081,7 +1137,7 @@ fn check_ingress(run: &XdpRun, frame: &[u8], t: &Treatment, enforce: bool) -> Re
     } else {
         frame.to_vec()
     };
-    let meta = enforce && !blocked && (t.mark | t.priority) != 0;
+    let meta = (enforce && !blocked && (t.mark | t.priority) != 0) || reset.is_some();
     let meta_len = if meta { META_LEN } else { 0 };
 
     if run.data_size_out != meta_len + len {
@@ -1102,10 +1158,13 @@ fn check_ingress(run: &XdpRun, frame: &[u8], t: &Treatment, enforce: bool) -> Re
     if meta {
         let word = |i: usize| u32::from_ne_bytes(run.out[i * 4..i * 4 + 4].try_into().expect("4"));
         let seen = [word(0), word(1), word(2), word(3)];
-        let want = [META_MAGIC, t.mark, t.priority, 0];
+        let want = match reset {
+            Some(flags) => [META_MAGIC, 0, 0, flags],
+            None => [META_MAGIC, t.mark, t.priority, 0],
+        };
         if seen != want {
             return Err(format!(
-                "expected il_meta [magic, mark, priority, pad] = {want:#x?} in front of the packet, saw {seen:#x?}"
+                "expected il_meta [magic, mark, priority, flags] = {want:#x?} in front of the packet, saw {seen:#x?}"
             ));
         }
     }
