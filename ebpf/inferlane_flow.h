@@ -247,9 +247,11 @@ static __always_inline void il_classify_with(const struct il_flow_key *key, stru
 			return;
 		}
 	}
-	if (!s || !s->n_rules)
+	if (!s)
 		return;
-	rule = s->rule_set ? il_classify_1(key, provider, &idx) : il_classify_0(key, provider, &idx);
+	/* No rules still leaves the providers' default classes. */
+	rule = !s->n_rules ? 0
+	       : s->rule_set ? il_classify_1(key, provider, &idx) : il_classify_0(key, provider, &idx);
 	if (rule) {
 		flow->rule_id = idx + 1;
 		/* A rule naming providers matched through the learned provider. */
