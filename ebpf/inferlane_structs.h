@@ -73,8 +73,9 @@ struct il_flow_key {
 #define IL_FLOW_F_PENDING   0x02 /* waiting for a userspace verdict (SNI, QUIC) */
 #define IL_FLOW_F_ECH       0x04 /* the ClientHello carried encrypted_client_hello */
 
-/* First packets of a pending flow copied to userspace, at most. */
-#define IL_MAX_FLOW_PUNTS 4
+/* First packets of a pending flow copied to userspace, at most: 12 segments of a
+ * 1460-byte MSS carry a 16 KiB ClientHello (tls::MAX_SEGMENTS matches). */
+#define IL_MAX_FLOW_PUNTS 12
 /* A flow still pending after this many upload packets stops waiting. */
 #define IL_PENDING_PACKETS 16
 

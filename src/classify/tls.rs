@@ -28,9 +28,9 @@
 //! The ClientHello message, 4-byte header included, may be up to [`MAX_HELLO_LEN`]
 //! bytes and must be complete within the first [`MAX_STREAM_LEN`] bytes of the stream
 //! (the rest covers record headers). The assembler accepts [`MAX_SEGMENTS`]
-//! payload-carrying segments: at a 1460-byte MSS that is 11,680 bytes, so only
-//! larger segments (GRO) bring a hello near 16 KiB. Real hellos, post-quantum ones
-//! included, take two segments. The work is linear in the bytes looked at, and the
+//! payload-carrying segments: at a 1460-byte MSS that is 17,520 bytes, enough for a
+//! 16 KiB hello (the datapath copies as many: IL_MAX_FLOW_PUNTS). Real hellos,
+//! post-quantum ones included, take two segments. The work is linear in the bytes looked at, and the
 //! parser returns an error instead of panicking on any input.
 //!
 //! # Encrypted Client Hello
@@ -55,7 +55,7 @@ pub const MAX_HELLO_LEN: usize = 16 * 1024;
 /// the headers of about 200 records. This is also the assembler's buffer size.
 pub const MAX_STREAM_LEN: usize = MAX_HELLO_LEN + 1024;
 /// Payload-carrying segments [`HelloAssembler`] accepts before giving up.
-pub const MAX_SEGMENTS: usize = 8;
+pub const MAX_SEGMENTS: usize = 12;
 /// Extension type of Encrypted Client Hello (RFC 9849).
 pub const EXT_ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
 
