@@ -249,28 +249,14 @@ fn provider_entries(
     let mut defaults = Vec::new();
     for p in catalog.providers() {
         let Some(ci) = config.classes.iter().position(|c| c.name == p.class) else { continue };
-        if (p.id as usize) >= abi::MAX_PROVIDERS || ci >= MAX_CLASSES {
+        if (p.id as usize) >= abi::MAX_PROVIDERS {
             continue;
         }
-        let class = &config.classes[ci];
-        let uplink = class
-            .uplinks
-            .first()
-            .and_then(|u| config.uplinks.iter().position(|x| &x.name == u))
-            .filter(|i| *i < MAX_UPLINKS)
-            .map_or(0, |i| i as u8 + 1);
-        defaults.push((
-            p.id,
-            abi::Rule {
-                action: abi::ACTION_CLASSIFY,
-                class_id: ci as u8 + 1,
-                dscp: class.dscp.value(),
-                uplink,
-                mark: class_mark(ci, uplink, class.queue),
-                priority: queue_priority(class.queue),
-                ..abi::Rule::default()
-            },
-        ));
+        // A class beyond the mark's limits is reported where a rule uses it; a
+        // provider default just goes without.
+        if let Ok(t) = class_treatment(config, ci) {
+            defaults.push((p.id, t));
+        }
     }
     (pairs, defaults)
 }
@@ -336,51 +322,55 @@ fn compile_rule(
                 error("class", None, format!("class {name:?} is not defined"));
                 return out;
             };
-            if class_index >= MAX_CLASSES {
-                error(
-                    "class",
-                    None,
-                    format!(
-                        "class {name:?} is class number {}; the flow mark has room for {MAX_CLASSES} classes",
-                        class_index + 1
-                    ),
-                );
-                return out;
+            match class_treatment(config, class_index) {
+                Ok(t) => {
+                    out.class_id = t.class_id;
+                    out.dscp = t.dscp;
+                    out.uplink = t.uplink;
+                    out.mark = t.mark;
+                    out.priority = t.priority;
+                }
+                Err(message) => error("class", None, message),
             }
-            let class = &config.classes[class_index];
-            let uplink = match class.uplinks.first() {
-                None => 0,
-                Some(uplink) => match config.uplinks.iter().position(|u| &u.name == uplink) {
-                    None => {
-                        error(
-                            "class",
-                            None,
-                            format!("class {name:?} names uplink {uplink:?}, which is not defined"),
-                        );
-                        return out;
-                    }
-                    Some(i) if i >= MAX_UPLINKS => {
-                        error(
-                            "class",
-                            None,
-                            format!(
-                                "class {name:?} uses uplink {uplink:?}, uplink number {}; the flow mark has room for {MAX_UPLINKS} uplinks",
-                                i + 1
-                            ),
-                        );
-                        return out;
-                    }
-                    Some(i) => i as u8 + 1,
-                },
-            };
-            out.class_id = class_index as u8 + 1;
-            out.dscp = class.dscp.value();
-            out.uplink = uplink;
-            out.mark = class_mark(class_index, uplink, class.queue);
-            out.priority = queue_priority(class.queue);
         }
     }
     out
+}
+
+/// What a flow of class `class_index` gets: class id, DSCP, first uplink, mark and
+/// priority, as a classify rule without matchers. Shared by rules and provider
+/// default classes; the errors are the mark's limits.
+fn class_treatment(config: &Config, class_index: usize) -> Result<abi::Rule, String> {
+    let class = &config.classes[class_index];
+    let name = &class.name;
+    if class_index >= MAX_CLASSES {
+        return Err(format!(
+            "class {name:?} is class number {}; the flow mark has room for {MAX_CLASSES} classes",
+            class_index + 1
+        ));
+    }
+    let uplink = match class.uplinks.first() {
+        None => 0,
+        Some(uplink) => match config.uplinks.iter().position(|u| &u.name == uplink) {
+            None => return Err(format!("class {name:?} names uplink {uplink:?}, which is not defined")),
+            Some(i) if i >= MAX_UPLINKS => {
+                return Err(format!(
+                    "class {name:?} uses uplink {uplink:?}, uplink number {}; the flow mark has room for {MAX_UPLINKS} uplinks",
+                    i + 1
+                ))
+            }
+            Some(i) => i as u8 + 1,
+        },
+    };
+    Ok(abi::Rule {
+        action: abi::ACTION_CLASSIFY,
+        class_id: class_index as u8 + 1,
+        dscp: class.dscp.value(),
+        uplink,
+        mark: class_mark(class_index, uplink, class.queue),
+        priority: queue_priority(class.queue),
+        ..abi::Rule::default()
+    })
 }
 
 // ---------------------------------------------------------------------------------
