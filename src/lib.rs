@@ -7,3 +7,6 @@ pub mod bpf;
 pub mod classify;
 pub mod control;
 pub mod daemon;
+pub mod export;
+pub mod qos;
+pub mod uplink;

@@ -1,0 +1,1 @@
+//! Uplinks: per-uplink routing tables and fwmark rules, health, failover.
