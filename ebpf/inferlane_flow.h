@@ -213,7 +213,6 @@ static __always_inline void il_apply(struct il_flow *flow, const struct il_rule 
 	flow->dscp = rule->dscp;
 	flow->mark = rule->mark;
 	flow->priority = rule->priority;
-	flow->uplink = rule->uplink;
 }
 
 /* First match in config order over the live rule copy; fills the verdict. The
@@ -270,6 +269,73 @@ static __always_inline void il_classify_with(const struct il_flow_key *key, stru
 	}
 }
 
+/*
+ * Pick the uplink for a flow of its class (first packet, a class change, or its
+ * uplink went down): a random slot of the class's steering entry, which the
+ * daemon fills by preference, health and weight. Random is enough: the choice is
+ * made once and the flow keeps it (sticky). A class whose uplinks are all down
+ * holds its flows (IL_FLOW_F_NO_UPLINK) instead of leaking them to the main
+ * table, which may route them over a link the class must not use.
+ */
+static __always_inline void il_steer(struct il_flow *flow, __u32 moving)
+{
+	__u32 cls = flow->class_id;
+	struct il_steer *st = bpf_map_lookup_elem(&class_uplinks, &cls);
+	__u32 up = 0;
+
+	flow->flags &= ~IL_FLOW_F_NO_UPLINK;
+	if (!st || flow->verdict == IL_VERDICT_BLOCK)
+		return;
+	if (st->n)
+		up = st->slot[bpf_get_prandom_u32() & (IL_STEER_SLOTS - 1)];
+	else if (st->deny)
+		flow->flags |= IL_FLOW_F_NO_UPLINK;
+	up &= 0xf;
+	flow->uplink = up;
+	flow->mark = (flow->mark & ~IL_MARK_UPLINK_MASK) | (up << IL_MARK_UPLINK_SHIFT);
+	if (up) {
+		struct il_uplink_counters *c = bpf_map_lookup_elem(&uplink_counters, &up);
+
+		if (c) {
+			c->steered++;
+			if (moving)
+				c->moved++;
+		}
+		if (moving)
+			IL_STAT_INC(moved);
+	}
+}
+
+/* Whether the flow must be steered again: it is held for want of an uplink, or
+ * the uplink it is pinned to went down. One array lookup for pinned flows. */
+static __always_inline int il_needs_steer(const struct il_flow *flow)
+{
+	__u32 up = flow->uplink;
+	struct il_uplink_state *u;
+
+	if (flow->flags & IL_FLOW_F_NO_UPLINK)
+		return 1;
+	if (!up)
+		return 0;
+	u = bpf_map_lookup_elem(&uplink_state, &up);
+	return u && !u->usable;
+}
+
+/* After a class change (a userspace verdict): a flow on an uplink its new class
+ * may not use moves; a class that lets the main table decide keeps it where it
+ * is (moving would strand it behind another NAT for nothing). */
+static __always_inline void il_steer_class_change(struct il_flow *flow)
+{
+	__u32 cls = flow->class_id;
+	struct il_steer *st = bpf_map_lookup_elem(&class_uplinks, &cls);
+
+	if (!st || !st->allowed)
+		return;
+	if (flow->uplink && (st->allowed & (1u << (flow->uplink & 0xf))))
+		return;
+	il_steer(flow, 0);
+}
+
 /* Defined once, as a global (separately verified) function, by the program that
  * classifies: see xdp_lan_ingress.bpf.c. */
 int il_classify_global(const struct il_flow_key *key, struct il_flow *flow, __u32 provider, __u32 source);
@@ -277,8 +343,9 @@ int il_classify_global(const struct il_flow_key *key, struct il_flow *flow, __u3
 /*
  * Apply a userspace verdict to a live flow: the rules run again with the
  * provider userspace recognised. The flow keeps the uplink it started on
- * (changing it would strand the connection behind another NAT); class, DSCP,
- * queue and block follow the new verdict. Counters are untouched.
+ * (changing it would strand the connection behind another NAT) unless its new
+ * class may not use that uplink; class, DSCP, queue and block follow the new
+ * verdict. Counters are untouched.
  */
 static __always_inline void il_apply_verdict(const struct il_flow_key *key, struct il_flow *flow,
 					     const struct il_verdict *v)
@@ -303,6 +370,7 @@ static __always_inline void il_apply_verdict(const struct il_flow_key *key, stru
 	flow->dscp = nf->dscp;
 	flow->priority = nf->priority;
 	flow->mark = (nf->mark & ~IL_MARK_UPLINK_MASK) | (flow->mark & IL_MARK_UPLINK_MASK);
+	il_steer_class_change(flow);
 }
 
 /*

@@ -143,6 +143,28 @@ struct {
 	__type(value, struct il_verdict);
 } flow_verdicts SEC(".maps") __weak;
 
+/* Uplink steering: per class, per uplink state, per uplink counters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct il_steer);
+} class_uplinks SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, IL_MAX_UPLINKS + 1);
+	__type(key, __u32);
+	__type(value, struct il_uplink_state);
+} uplink_state SEC(".maps") __weak;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, IL_MAX_UPLINKS + 1);
+	__type(key, __u32);
+	__type(value, struct il_uplink_counters);
+} uplink_counters SEC(".maps") __weak;
+
 /* Packets for userspace: DNS answers now, first segments of unknown flows later. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -72,6 +72,7 @@ struct il_flow_key {
 #define IL_FLOW_F_FRAGMENTS 0x01 /* carried IP fragments */
 #define IL_FLOW_F_PENDING   0x02 /* waiting for a userspace verdict (SNI, QUIC) */
 #define IL_FLOW_F_ECH       0x04 /* the ClientHello carried encrypted_client_hello */
+#define IL_FLOW_F_NO_UPLINK 0x08 /* its class may use no uplink that is up now: held */
 
 /* First packets of a pending flow copied to userspace, at most: 12 segments of a
  * 1460-byte MSS carry a 16 KiB ClientHello (tls::MAX_SEGMENTS matches). */
@@ -134,6 +135,8 @@ struct il_flow_stats {
 	__u64 punted;         /* packets copied to userspace (DNS answers, ...) */
 	__u64 punt_failed;    /* the ring buffer was full: the packet still passed */
 	__u64 would_block;    /* observe mode: packets a block verdict would have dropped */
+	__u64 no_uplink;      /* packets dropped: none of their class's uplinks is up */
+	__u64 moved;          /* flows steered off an uplink that went down */
 };
 
 /* IP fragments: the first fragment's ports, for the fragments after it. */
@@ -295,6 +298,41 @@ struct il_settings {
 	__u32 enforce;  /* 1 enforce, 0 observe (classify and count, change nothing) */
 	__u32 n_rules;  /* rules in the live set */
 	__u32 block_ai_quic; /* 1: UDP/443 flows to a known provider are blocked */
+};
+
+/* ---- Uplink steering (written by the daemon's uplink module) ------------------ */
+
+#define IL_MAX_UPLINKS 15      /* the mark carries index + 1 in 4 bits */
+#define IL_STEER_SLOTS 16      /* new flows pick one slot at random: weights */
+
+/* Per class (key: class id, 0 = unclassified flows, the default policy). `slot`
+ * holds the uplinks (index + 1) new flows of the class go to now: the first
+ * healthy uplink of the class's preference list, shared by weight with healthy
+ * uplinks of equal priority; all IL_STEER_SLOTS filled when n > 0. */
+struct il_steer {
+	__u8 n;          /* 0: no uplink of the class is usable now */
+	__u8 deny;       /* with n == 0: the class lists uplinks, none usable: refuse
+			  * the flow (blocked) rather than leak it to the main table */
+	__u16 allowed;   /* bit (index + 1): uplinks the class may use at all */
+	__u8 slot[IL_STEER_SLOTS];
+};
+
+/* Per uplink (key: index + 1). A flow pinned to an uplink that is no longer
+ * usable is steered again at its next packet; flows elsewhere are untouched. */
+struct il_uplink_state {
+	__u32 usable;    /* 1 healthy, 0 down */
+	__u32 pad;
+};
+
+/* Per uplink, per CPU: what the LAN hooks saw of flows pinned to it. Download
+ * packets are the datapath's passive evidence that the uplink works. */
+struct il_uplink_counters {
+	__u64 up_packets;
+	__u64 up_bytes;
+	__u64 down_packets;
+	__u64 down_bytes;
+	__u64 steered;      /* flows steered here (first packet or moved) */
+	__u64 moved;        /* flows moved here off an uplink that went down */
 };
 
 /* XDP metadata handed from lan_ingress (XDP) to lan_ingress_tc in front of the

@@ -59,6 +59,17 @@ int lan_egress(struct __sk_buff *skb)
 	bytes = skb->len - pkt.l3_off + (__u64)(segs - 1) * (pkt.l3_hdr_len + pkt.l4_hdr_len);
 	__sync_fetch_and_add(&flow->down_packets, segs);
 	__sync_fetch_and_add(&flow->down_bytes, bytes);
+	if (flow->uplink) {
+		/* Per CPU: plain adds. Replies on an uplink are the health monitor's
+		 * passive evidence that it works. */
+		__u32 up = flow->uplink;
+		struct il_uplink_counters *uc = bpf_map_lookup_elem(&uplink_counters, &up);
+
+		if (uc) {
+			uc->down_packets += segs;
+			uc->down_bytes += bytes;
+		}
+	}
 	flow->last_ns = bpf_ktime_get_coarse_ns();
 	flow->tcp_flags_down |= pkt.tcp_flags;
 	/* Timing: the server's SYN-ACK and its first payload byte, once each. */

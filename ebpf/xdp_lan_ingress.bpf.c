@@ -49,6 +49,7 @@ static __always_inline struct il_flow *il_flow_get_or_create(const struct il_flo
 	if (key->proto == IPPROTO_TCP && (pkt->tcp_flags & 0x12) == 0x02)
 		nf->syn_ns = nf->first_ns;
 	il_classify_global(key, nf, 0, IL_SRC_NONE);
+	il_steer(nf, 0);
 	/* Not settled by a static rule: TLS (TCP) and QUIC (UDP/443) flows wait for
 	 * what their first packets say (SNI), which also confirms a DNS-learned
 	 * provider on a shared CDN address. */
@@ -209,15 +210,30 @@ int lan_ingress(struct xdp_md *ctx)
 		il_pending(ctx, &key, flow, payload_off, len);
 	}
 
+	if (il_needs_steer(flow))
+		il_steer(flow, !(flow->flags & IL_FLOW_F_NO_UPLINK));
+	if (flow->uplink) {
+		__u32 up = flow->uplink;
+		struct il_uplink_counters *uc = bpf_map_lookup_elem(&uplink_counters, &up);
+
+		if (uc) {
+			uc->up_packets++;
+			uc->up_bytes += len - pkt.l3_off;
+		}
+	}
+
 	s = il_settings();
 	if (!s || !s->enforce) {
 		/* Observe mode: count what a block verdict would have dropped. */
-		if (flow->verdict == IL_VERDICT_BLOCK)
+		if (flow->verdict == IL_VERDICT_BLOCK || (flow->flags & IL_FLOW_F_NO_UPLINK))
 			IL_STAT_INC(would_block);
 		return XDP_PASS;
 	}
-	if (flow->verdict == IL_VERDICT_BLOCK) {
-		IL_STAT_INC(blocked);
+	if (flow->verdict == IL_VERDICT_BLOCK || (flow->flags & IL_FLOW_F_NO_UPLINK)) {
+		if (flow->verdict == IL_VERDICT_BLOCK)
+			IL_STAT_INC(blocked);
+		else
+			IL_STAT_INC(no_uplink);
 		/* TCP (not a RST itself): lan_ingress_tc answers with a RST, so the
 		 * application fails now instead of retrying SYNs for a minute. */
 		if (key.proto == IPPROTO_TCP && pkt.frag == IL_FRAG_NONE && !(pkt.tcp_flags & 0x04) &&

@@ -124,6 +124,8 @@ pub struct FlowStats {
     pub punted: u64,
     pub punt_failed: u64,
     pub would_block: u64,
+    pub no_uplink: u64,
+    pub moved: u64,
 }
 
 impl FlowStats {
@@ -139,6 +141,56 @@ impl FlowStats {
         self.punted += o.punted;
         self.punt_failed += o.punt_failed;
         self.would_block += o.would_block;
+        self.no_uplink += o.no_uplink;
+        self.moved += o.moved;
+    }
+}
+
+pub const FLOW_F_NO_UPLINK: u8 = 0x08;
+
+pub const MAX_UPLINKS: usize = 15;
+pub const STEER_SLOTS: usize = 16;
+
+/// `struct il_steer`: where new flows of one class go (key: class id, 0 = unclassified).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Steer {
+    pub n: u8,
+    pub deny: u8,
+    /// Bit (index + 1) per uplink the class may use at all.
+    pub allowed: u16,
+    /// Uplink index + 1 per slot; all filled when `n > 0`.
+    pub slot: [u8; STEER_SLOTS],
+}
+
+/// `struct il_uplink_state` (key: uplink index + 1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UplinkState {
+    pub usable: u32,
+    pub pad: u32,
+}
+
+/// `struct il_uplink_counters` (per CPU, key: uplink index + 1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UplinkCounters {
+    pub up_packets: u64,
+    pub up_bytes: u64,
+    pub down_packets: u64,
+    pub down_bytes: u64,
+    pub steered: u64,
+    pub moved: u64,
+}
+
+impl UplinkCounters {
+    pub fn add(&mut self, o: &UplinkCounters) {
+        self.up_packets += o.up_packets;
+        self.up_bytes += o.up_bytes;
+        self.down_packets += o.down_packets;
+        self.down_bytes += o.down_bytes;
+        self.steered += o.steered;
+        self.moved += o.moved;
     }
 }
 
@@ -279,7 +331,10 @@ const _: () = assert!(std::mem::size_of::<IfKey>() == 8);
 const _: () = assert!(std::mem::size_of::<Counters>() == 56);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow>() == 120);
-const _: () = assert!(std::mem::size_of::<FlowStats>() == 88);
+const _: () = assert!(std::mem::size_of::<FlowStats>() == 104);
+const _: () = assert!(std::mem::size_of::<Steer>() == 4 + STEER_SLOTS);
+const _: () = assert!(std::mem::size_of::<UplinkState>() == 8);
+const _: () = assert!(std::mem::size_of::<UplinkCounters>() == 48);
 const _: () = assert!(std::mem::size_of::<RuleProviderKey>() == 8);
 const _: () = assert!(std::mem::size_of::<AddrInfo>() == 8);
 const _: () = assert!(std::mem::size_of::<Verdict>() == 8);
@@ -297,6 +352,9 @@ unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for Flow {}
 unsafe impl aya::Pod for FlowStats {}
+unsafe impl aya::Pod for Steer {}
+unsafe impl aya::Pod for UplinkState {}
+unsafe impl aya::Pod for UplinkCounters {}
 unsafe impl aya::Pod for Rule {}
 unsafe impl aya::Pod for Candidates {}
 unsafe impl aya::Pod for Settings {}

@@ -34,16 +34,16 @@ const MAP_ADDR_PROVIDERS: &str = "addr_providers";
 const MAP_PUNTS: &str = "punts";
 const MAP_FLOW_VERDICTS: &str = "flow_verdicts";
 
-fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
+pub(super) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
     move |source| BpfError::Map { map, source }
 }
 
 impl Datapath {
-    fn map_data(&self, name: &'static str) -> Result<&aya::maps::Map, BpfError> {
+    pub(super) fn map_data(&self, name: &'static str) -> Result<&aya::maps::Map, BpfError> {
         self.ebpf.map(name).ok_or(BpfError::Missing { kind: "map", name })
     }
 
-    fn map_data_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, BpfError> {
+    pub(super) fn map_data_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, BpfError> {
         self.ebpf.map_mut(name).ok_or(BpfError::Missing { kind: "map", name })
     }
 

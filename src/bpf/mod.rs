@@ -5,6 +5,7 @@
 pub mod abi;
 mod clsact;
 pub mod maps;
+mod steer;
 
 use std::collections::BTreeMap;
 

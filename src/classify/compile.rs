@@ -367,7 +367,9 @@ fn class_treatment(config: &Config, class_index: usize) -> Result<abi::Rule, Str
         class_id: class_index as u8 + 1,
         dscp: class.dscp.value(),
         uplink,
-        mark: class_mark(class_index, uplink, class.queue),
+        // No uplink bits: the datapath steers each flow when it starts (see
+        // uplink::steer), by health and weight, and writes them then.
+        mark: class_mark(class_index, 0, class.queue),
         priority: queue_priority(class.queue),
         ..abi::Rule::default()
     })
@@ -1234,7 +1236,7 @@ clients = ["198.51.100.0/25"]
         let expected = [
             abi::Rule {
                 flags: abi::RULE_F_PORTS,
-                mark: 0x3201_0000, // queue 1 (high) | classified | uplink 2 (lte) | class 1
+                mark: 0x3001_0000, // queue 1 (high) | classified | class 1 (uplink bits: steering)
                 priority: 0x01a1_0010,
                 action: abi::ACTION_CLASSIFY,
                 class_id: 1,
@@ -1246,7 +1248,7 @@ clients = ["198.51.100.0/25"]
             },
             abi::Rule {
                 flags: abi::RULE_F_CLIENTS,
-                mark: 0x7102_0000, // queue 3 (low) | classified | uplink 1 (fiber) | class 2
+                mark: 0x7002_0000, // queue 3 (low) | classified | class 2 (uplink bits: steering)
                 priority: 0x01a1_0030,
                 action: abi::ACTION_CLASSIFY,
                 class_id: 2,

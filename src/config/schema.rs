@@ -24,6 +24,7 @@ use super::values::{de_cidrs, de_socket_addr, de_socket_addrs, Dscp, PortSpec, P
 pub struct Config {
     pub daemon: Daemon,
     pub lan: Lan,
+    pub routing: Routing,
     pub uplinks: Vec<Uplink>,
     pub classes: Vec<Class>,
     pub rules: Vec<Rule>,
@@ -98,6 +99,36 @@ pub struct Lan {
     pub interfaces: Vec<String>,
 }
 
+/// Policy routing: where inferlane's per-uplink tables and fwmark rules live, and
+/// where unclassified flows go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Routing {
+    /// Uplinks for flows no rule classified (yet: TLS flows wait for their SNI),
+    /// in preference order. None: every uplink, by priority.
+    pub default_uplinks: Option<Vec<String>>,
+    /// Uplink number i (config order, from 0) routes through table `table_base + i`.
+    pub table_base: u32,
+    /// Its fwmark rules sit at priority `rule_priority + i`.
+    pub rule_priority: u32,
+}
+
+/// Well clear of the tables iproute2 names (253-255) and of the small numbers
+/// people pick by hand; the rules sit before `main` (32766) and after the
+/// priorities `ip rule add` hands out from 32765 downwards on a busy box.
+pub const ROUTING_TABLE_BASE: u32 = 20_000;
+pub const ROUTING_RULE_PRIORITY: u32 = 20_000;
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            default_uplinks: None,
+            table_base: ROUTING_TABLE_BASE,
+            rule_priority: ROUTING_RULE_PRIORITY,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Uplink {
@@ -107,6 +138,14 @@ pub struct Uplink {
     pub priority: u32,
     #[serde(default)]
     pub metered: bool,
+    /// Share of new flows among healthy uplinks of equal priority.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Next hops for the uplink's table, at most one per family. Empty: learned
+    /// from the main table's default routes through the interface (DHCP, RA), or
+    /// a direct route on a point-to-point link.
+    #[serde(default)]
+    pub gateways: Vec<std::net::IpAddr>,
     #[serde(default)]
     pub egress_rate: Option<Rate>,
     #[serde(default)]
@@ -118,6 +157,12 @@ pub struct Uplink {
 fn default_priority() -> u32 {
     10
 }
+
+fn default_weight() -> u32 {
+    1
+}
+
+pub const WEIGHT_MAX: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +310,7 @@ pub(crate) struct SpannedError {
 const SECTIONS: &[&str] = &[
     "daemon",
     "lan",
+    "routing",
     "uplinks",
     "classes",
     "rules",
@@ -289,6 +335,7 @@ pub(crate) fn from_document(doc: Spanned<DeTable<'_>>) -> Result<Config, Vec<Spa
         match key.get_ref().as_ref() {
             "daemon" => collect(table(value, "daemon").map(|v| config.daemon = v)),
             "lan" => collect(table(value, "lan").map(|v| config.lan = v)),
+            "routing" => collect(table(value, "routing").map(|v| config.routing = v)),
             "uplinks" => collect(array_of_tables(value, "uplinks").map(|v| config.uplinks = v)),
             "classes" => collect(array_of_tables(value, "classes").map(|v| config.classes = v)),
             "rules" => collect(array_of_tables(value, "rules").map(|v| config.rules = v)),

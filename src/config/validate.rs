@@ -35,6 +35,7 @@ pub(crate) fn check(config: &Config) -> Vec<Issue> {
     c.daemon(config);
     c.lan(config);
     c.uplinks(config);
+    c.routing(config);
     c.classes(config);
     // Only names and patterns are read from the built-in catalog, which is parsed
     // once per process.
@@ -101,6 +102,41 @@ impl Checker {
         }
     }
 
+    fn routing(&mut self, config: &Config) {
+        let routing = &config.routing;
+        for (j, name) in routing.default_uplinks.iter().flatten().enumerate() {
+            if config.uplink(name).is_none() {
+                self.error(
+                    key_path!["routing", "default_uplinks", j],
+                    format!(
+                        "default_uplinks names uplink {name:?}, which is not defined ({})",
+                        defined("uplinks", config.uplinks.iter().map(|u| &u.name))
+                    ),
+                );
+            }
+        }
+        if let Some(list) = &routing.default_uplinks {
+            let list: Vec<_> = list.iter().map(String::as_str).collect();
+            self.duplicates(&key_path!["routing", "default_uplinks"], &list, "uplink");
+        }
+        let span = crate::bpf::abi::MAX_UPLINKS as u32;
+        // 253-255 are default/main/local; 0 is "unspecified".
+        let base = routing.table_base;
+        if base == 0 || base.checked_add(span).is_none() || (base..=base + span).any(|t| (253..=255).contains(&t)) {
+            self.error(
+                key_path!["routing", "table_base"],
+                format!("table_base {base}: tables {base}..={} must avoid 0 and 253-255 (default, main, local)", base.saturating_add(span)),
+            );
+        }
+        let prio = routing.rule_priority;
+        if prio == 0 || prio.checked_add(span).is_none_or(|last| last >= 32766) {
+            self.error(
+                key_path!["routing", "rule_priority"],
+                format!("rule_priority {prio}: rules {prio}..={} must sit between 1 and 32765, before the main table's rule", prio.saturating_add(span)),
+            );
+        }
+    }
+
     fn lan(&mut self, config: &Config) {
         let interfaces = &config.lan.interfaces;
         if interfaces.is_empty() {
@@ -157,6 +193,35 @@ impl Checker {
             if let Some(health) = &uplink.health {
                 self.health(here.join("health"), health);
             }
+            if !(1..=super::schema::WEIGHT_MAX).contains(&uplink.weight) {
+                self.error(
+                    here.join("weight"),
+                    format!("weight {} is out of range 1..={}", uplink.weight, super::schema::WEIGHT_MAX),
+                );
+            }
+            let (mut v4, mut v6) = (0, 0);
+            for (j, gw) in uplink.gateways.iter().enumerate() {
+                let count = if gw.is_ipv4() { &mut v4 } else { &mut v6 };
+                *count += 1;
+                if gw.is_unspecified() || gw.is_multicast() || gw.is_loopback() {
+                    self.error(here.join("gateways").join(j), format!("gateway {gw} is not a unicast next hop"));
+                } else if *count > 1 {
+                    self.error(
+                        here.join("gateways").join(j),
+                        format!("gateway {gw}: at most one gateway per address family"),
+                    );
+                }
+            }
+        }
+        if config.uplinks.len() > crate::bpf::abi::MAX_UPLINKS {
+            self.error(
+                key_path!["uplinks", crate::bpf::abi::MAX_UPLINKS],
+                format!(
+                    "{} uplinks defined; the flow mark has room for {}",
+                    config.uplinks.len(),
+                    crate::bpf::abi::MAX_UPLINKS
+                ),
+            );
         }
         let names: Vec<_> = config.uplinks.iter().map(|u| u.name.as_str()).collect();
         for (first, again) in duplicates(&names) {
@@ -794,6 +859,29 @@ mod tests {
             parse(&text, "t.toml").is_ok(),
             "a configured provider is known"
         );
+    }
+
+    #[test]
+    fn routing_and_uplink_steering_options() {
+        let text = format!(
+            "{UPLINKS}weight = 0\ngateways = [\"203.0.113.1\", \"203.0.113.9\", \"::\"]\n[routing]\ndefault_uplinks = [\"lte\", \"wifi\"]\ntable_base = 250\nrule_priority = 32760\n"
+        );
+        expect_all(
+            &text,
+            &[
+                (9, 10, "weight 0 is out of range 1..=100"),
+                (10, 28, "gateway 203.0.113.9: at most one gateway per address family"),
+                (10, 43, "gateway :: is not a unicast next hop"),
+                (12, 27, "default_uplinks names uplink \"wifi\", which is not defined (defined uplinks: \"fiber\", \"lte\")"),
+                (13, 14, "table_base 250: tables 250..=265 must avoid 0 and 253-255"),
+                (14, 17, "rule_priority 32760: rules 32760..=32775 must sit between 1 and 32765"),
+            ],
+        );
+        let good = format!("{UPLINKS}weight = 3\ngateways = [\"203.0.113.1\", \"2001:db8:2::1\"]\n[routing]\ndefault_uplinks = [\"fiber\"]\n");
+        let config = parse(&good, "t.toml").expect("valid routing options");
+        assert_eq!(config.uplinks[1].weight, 3);
+        assert_eq!(config.routing.default_uplinks, Some(vec!["fiber".to_string()]));
+        assert_eq!(config.routing.table_base, crate::config::schema::ROUTING_TABLE_BASE);
     }
 
     #[test]
