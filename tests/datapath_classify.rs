@@ -39,6 +39,7 @@ use inferlane::bpf::abi::{
 };
 use inferlane::bpf::Datapath;
 use inferlane::classify::compile::{compile, CompiledRules};
+use inferlane::uplink::steer::{single_choice, steering};
 use inferlane::config::{self, Action, Config, L4Proto};
 use inferlane::lab;
 use ipnet::IpNet;
@@ -106,6 +107,11 @@ interface = "wan0"
 [[uplinks]]
 name = "lte"
 interface = "wwan0"
+priority = 20
+
+# Unclassified flows: the main table (no uplink bits), as before steering.
+[routing]
+default_uplinks = []
 
 [[classes]]
 name = "interactive"
@@ -173,6 +179,11 @@ interface = "wan0"
 [[uplinks]]
 name = "lte"
 interface = "wwan0"
+priority = 20
+
+# Unclassified flows: the main table (no uplink bits), as before steering.
+[routing]
+default_uplinks = []
 
 [[classes]]
 name = "interactive"
@@ -318,6 +329,29 @@ impl Harness {
         self.dp
             .install(&maps, enforce)
             .unwrap_or_else(|e| panic!("expected the rules to install, got: {e}"));
+        // Every uplink healthy: each class goes to the first of its list.
+        let usable = vec![true; self.config.uplinks.len()];
+        for i in 0..usable.len() {
+            self.dp
+                .set_uplink_usable(i, true)
+                .unwrap_or_else(|e| panic!("expected uplink {i} to be marked usable, got: {e}"));
+        }
+        self.dp
+            .set_steering(&steering(&self.config, &usable))
+            .unwrap_or_else(|e| panic!("expected the steering entries to install, got: {e}"));
+    }
+
+    /// The uplink (index + 1) a new flow of class `class_id` is steered to, 0 for
+    /// the main table; the test configs give every class a single choice.
+    fn steered(&self, class_id: u8) -> u8 {
+        let usable = vec![true; self.config.uplinks.len()];
+        let (_, steer) = steering(&self.config, &usable)[usize::from(class_id)];
+        if steer.n == 0 {
+            return 0;
+        }
+        single_choice(&steer).map(|i| i as u8 + 1).unwrap_or_else(|| {
+            panic!("expected class {class_id} to have one uplink in the test config, saw {steer:?}")
+        })
     }
 
     /// Compile and install another config, as a reload does.
@@ -440,14 +474,15 @@ impl Harness {
             "expected the class bits of compiled rule {rule}'s mark {:#x} to be {class_id}",
             r.mark
         );
+        let uplink = self.steered(class_id);
         Treatment {
             rule_id: rule,
             class_id,
             verdict: VERDICT_PASS,
             dscp,
-            mark: r.mark,
+            mark: r.mark | (u32::from(uplink) << abi::MARK_UPLINK_SHIFT),
             priority: r.priority,
-            uplink: r.uplink,
+            uplink,
         }
     }
 
@@ -508,14 +543,15 @@ impl Harness {
                     .iter()
                     .position(|c| c.name == name)
                     .expect("the class is defined");
+                let uplink = self.steered(pos as u8 + 1);
                 Treatment {
                     rule_id: index as u32 + 1,
                     class_id: pos as u8 + 1,
                     verdict: VERDICT_PASS,
                     dscp: self.config.classes[pos].dscp.value(),
-                    mark: compiled.mark,
+                    mark: compiled.mark | (u32::from(uplink) << abi::MARK_UPLINK_SHIFT),
                     priority: compiled.priority,
-                    uplink: compiled.uplink,
+                    uplink,
                 }
             }
         }
@@ -2487,4 +2523,72 @@ fn random_packets_match_the_first_match_model() {
             );
         }
     }
+}
+
+/// Steering: a flow is pinned to its class's first usable uplink; when that uplink
+/// goes down, the flow moves at its next packet while flows elsewhere stay put; a
+/// class with no usable uplink has its packets held (dropped and counted), and
+/// they pass again as soon as one of its uplinks is back.
+#[test]
+fn uplink_down_moves_pinned_flows_and_holds_classes_with_none_left() {
+    if !lab::require_root_or_skip("uplink_down_moves_pinned_flows_and_holds_classes_with_none_left") {
+        return;
+    }
+    let mut h = Harness::load(CONFIG, true);
+    const FIBER: u8 = 1;
+    const LTE: u8 = 2;
+    let set = |h: &mut Harness, usable: [bool; 2]| {
+        for (i, u) in usable.iter().enumerate() {
+            h.dp.set_uplink_usable(i, *u)
+                .unwrap_or_else(|e| panic!("expected uplink {i} state to be written, got: {e}"));
+        }
+        h.dp.set_steering(&steering(&h.config, &usable))
+            .unwrap_or_else(|e| panic!("expected the steering to install, got: {e}"));
+    };
+    let uplink_of = |h: &Harness, pkt: &Pkt| -> (u8, u32) {
+        let f = h.flow(&pkt.key()).unwrap_or_else(|| panic!("expected a flow for {}", describe_key(&pkt.key())));
+        (f.uplink, (f.mark & abi::MARK_UPLINK_MASK) >> abi::MARK_UPLINK_SHIFT)
+    };
+    // Rule 4 (voice: lte, then fiber) and rule 1 (interactive: fiber only).
+    let voice = udp_pkt(IpAddr::V4(CLIENT4), v4(198, 51, 100, 7), 40_001, 5004, 0);
+    let interactive = udp_pkt(IpAddr::V4(CLIENT4), v4(192, 0, 2, 20), 40_002, 7000, 0);
+    for pkt in [&voice, &interactive] {
+        let run = h.xdp(&pkt.frame());
+        assert_eq!(run.verdict, XDP_PASS, "expected the first packet of {} to pass", describe_key(&pkt.key()));
+    }
+    assert_eq!(uplink_of(&h, &voice), (LTE, u32::from(LTE)), "voice starts on lte (uplink, mark bits)");
+    assert_eq!(uplink_of(&h, &interactive), (FIBER, u32::from(FIBER)), "interactive starts on fiber");
+
+    // lte goes down: the voice flow moves to fiber at its next packet.
+    set(&mut h, [true, false]);
+    let before = h.stats();
+    assert_eq!(h.xdp(&voice.frame()).verdict, XDP_PASS);
+    assert_eq!(uplink_of(&h, &voice), (FIBER, u32::from(FIBER)), "voice moved off the dead lte");
+    assert_eq!(h.stats().moved - before.moved, 1, "expected one flow counted as moved");
+    assert_eq!(h.xdp(&interactive.frame()).verdict, XDP_PASS);
+    assert_eq!(uplink_of(&h, &interactive), (FIBER, u32::from(FIBER)), "interactive untouched");
+
+    // lte back: nothing moves back (sticky); fiber down too: interactive has no
+    // uplink left and is held, voice (on fiber, now down) moves to lte.
+    set(&mut h, [true, true]);
+    assert_eq!(h.xdp(&voice.frame()).verdict, XDP_PASS);
+    assert_eq!(uplink_of(&h, &voice).0, FIBER, "a flow stays where it is while that uplink is up");
+    set(&mut h, [false, true]);
+    let before = h.stats();
+    assert_eq!(h.xdp(&voice.frame()).verdict, XDP_PASS);
+    assert_eq!(uplink_of(&h, &voice).0, LTE, "voice moved to lte");
+    let run = h.xdp(&interactive.frame());
+    assert_eq!(run.verdict, XDP_DROP, "expected the interactive packet held while fiber is down");
+    let after = h.stats();
+    assert_eq!((after.no_uplink - before.no_uplink, after.moved - before.moved), (1, 1), "no_uplink and moved");
+    let f = h.flow(&interactive.key()).expect("the interactive flow");
+    assert_ne!(f.flags & abi::FLOW_F_NO_UPLINK, 0, "expected the held flag, saw flags {:#x}", f.flags);
+
+    // fiber back: the held flow passes and is pinned to it again.
+    set(&mut h, [true, true]);
+    assert_eq!(h.xdp(&interactive.frame()).verdict, XDP_PASS, "expected the held flow to pass again");
+    let f = h.flow(&interactive.key()).expect("the interactive flow");
+    assert_eq!((f.uplink, f.flags & abi::FLOW_F_NO_UPLINK), (FIBER, 0));
+    let c = h.dp.uplink_counters(0).expect("fiber counters");
+    assert!(c.up_packets >= 5 && c.steered >= 3, "expected fiber to count its packets and flows, saw {c:?}");
 }
