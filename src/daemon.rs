@@ -125,6 +125,9 @@ struct State {
     learning: LearningCounters,
     hellos: Mutex<std::collections::HashMap<crate::bpf::abi::FlowKey, Hello>>,
     names: Mutex<std::collections::HashMap<crate::bpf::abi::FlowKey, String>>,
+    /// Routing, health and failover of the uplinks (None in observe mode or
+    /// with no uplinks configured).
+    uplinks: Mutex<Option<crate::uplink::Uplinks>>,
     config_path: PathBuf,
     started: Instant,
 }
@@ -161,10 +164,19 @@ impl State {
     }
 
     fn status(&self) -> Result<Status, BpfError> {
+        // Lock order everywhere: uplinks, then the datapath.
+        let uplinks_guard = self.uplinks.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.live();
         let dp = self.datapath();
         let counters = dp.counters()?;
         let stats = dp.flow_stats()?;
-        let live_flows = dp.flows()?.len() as u64;
+        let flow_uplinks: Vec<u8> = dp.flows()?.iter().map(|(_, f)| f.uplink).collect();
+        let live_flows = flow_uplinks.len() as u64;
+        let (uplinks, switches) = match uplinks_guard.as_ref() {
+            Some(u) => (u.status(&dp, &flow_uplinks), u.history()),
+            None => (Vec::new(), Vec::new()),
+        };
+        drop(uplinks_guard);
         let interfaces = dp
             .attachments()
             .into_iter()
@@ -181,7 +193,6 @@ impl State {
                 }
             })
             .collect();
-        let live = self.live();
         Ok(Status {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -219,6 +230,8 @@ impl State {
                 inference_requests: self.learning.requests.load(Ordering::Relaxed),
                 providers: live.catalog.providers().len(),
             },
+            uplinks,
+            switches,
         })
     }
 
@@ -244,11 +257,20 @@ impl State {
     /// running one. Settings that cannot change without a restart are refused too.
     fn reload(&self) -> ReloadResult {
         let result = prepare(&self.config_path).map_err(|e| e.to_string()).and_then(|p| {
+            // Lock order everywhere: uplinks, live, datapath.
+            let mut uplinks = self.uplinks.lock().unwrap_or_else(|p| p.into_inner());
             let mut live = self.live();
             restart_only_changes(&live.config, &p.config)?;
-            self.datapath()
-                .install_with(&p.rules.maps(), switches(&p.config))
+            let mut dp = self.datapath();
+            dp.install_with(&p.rules.maps(), switches(&p.config))
                 .map_err(|e| format!("install rules: {e}; the previous rules stay in force"))?;
+            if let Some(u) = uplinks.as_mut() {
+                // Classes may list other uplinks now.
+                if let Err(e) = u.reconfigure(&p.config, &mut dp) {
+                    tracing::error!(error = %e, "steering after reload");
+                }
+            }
+            drop(dp);
             live.config = p.config;
             live.catalog = p.catalog;
             live.rules = p.rules.summary;
@@ -552,6 +574,72 @@ async fn consume_punts(
     }
 }
 
+/// Carrier, address and route events for the uplinks, until shutdown. Health
+/// probes feed the same state (see uplink::health).
+async fn uplink_events(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    use crate::uplink::watch::Event;
+    if state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+        let _ = shutdown.changed().await;
+        return;
+    }
+    let (mut events, task) = match crate::uplink::watch::subscribe() {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "uplink events: no netlink subscription; failover on carrier loss is off");
+            let _ = shutdown.changed().await;
+            return;
+        }
+    };
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.changed() => break,
+            e = events.recv() => match e { Some(e) => e, None => break },
+        };
+        match event {
+            Event::Link { iface, carrier } => state.uplink_carrier(&iface, carrier, if carrier { "carrier up" } else { "carrier lost" }),
+            Event::Gone { iface } => state.uplink_carrier(&iface, false, "interface removed"),
+            Event::Address { ifindex, added } => {
+                let iface = nix::net::if_::if_indextoname(ifindex).ok().and_then(|n| n.into_string().ok());
+                if let Some(iface) = iface {
+                    if !added && crate::uplink::watch::global_addresses(ifindex).await.unwrap_or(1) == 0 {
+                        state.uplink_carrier(&iface, false, "last address removed");
+                    }
+                }
+            }
+            Event::Route => {
+                // Gateways may have changed (DHCP); cheap when nothing did.
+                let taken = state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(mut u) = taken {
+                    for i in 0..u.interfaces().len() {
+                        if let Err(e) = u.refresh_routes(i).await {
+                            tracing::warn!(error = %e, "uplink gateway refresh");
+                        }
+                    }
+                    *state.uplinks.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
+                }
+            }
+        }
+    }
+    task.abort();
+}
+
+impl State {
+    /// A carrier (or address) change on an uplink interface. Down acts at once;
+    /// up waits for health probes where the uplink has them (the hold), and is
+    /// immediate where carrier is all it is judged by.
+    fn uplink_carrier(&self, iface: &str, carrier: bool, reason: &str) {
+        let mut guard = self.uplinks.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(u) = guard.as_mut() else { return };
+        let Some(index) = u.index_of_interface(iface) else { return };
+        let changed = u.set_carrier(index, carrier);
+        if !carrier && u.is_usable(index) || carrier && changed && !u.has_probes(index) {
+            if let Err(e) = u.set_usable(index, carrier, reason, &self.datapath) {
+                tracing::error!(error = %e, iface, "uplink state");
+            }
+        }
+    }
+}
+
 /// Settings a reload cannot apply: they would need programs re-attached, the flow
 /// table resized or the socket moved. Refusing the whole reload keeps it atomic.
 fn restart_only_changes(old: &Config, new: &Config) -> Result<(), String> {
@@ -564,6 +652,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), String> {
     }
     if old.daemon.control_socket != new.daemon.control_socket {
         changed.push("daemon.control_socket");
+    }
+    if old.uplinks != new.uplinks {
+        changed.push("uplinks");
+    }
+    if old.routing != new.routing {
+        changed.push("routing");
     }
     if changed.is_empty() {
         Ok(())
@@ -666,7 +760,32 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         learning: LearningCounters::default(),
         hellos: Mutex::new(std::collections::HashMap::new()),
         names: Mutex::new(std::collections::HashMap::new()),
+        uplinks: Mutex::new(None),
     });
+    // Routing and steering before readiness: the first flow already goes to the
+    // right uplink. Observe mode changes nothing in the packet path.
+    {
+        let config = state.live().config.clone();
+        if mode == Mode::Enforce && !config.uplinks.is_empty() {
+            match crate::uplink::Uplinks::start(&config, &state.datapath).await {
+                Ok(u) => {
+                    for s in u.status(&state.datapath(), &[]) {
+                        tracing::info!(uplink = %s.name, up = s.up, table = s.table, gateway4 = ?s.gateway4, gateway6 = ?s.gateway6, "uplink routing installed");
+                    }
+                    *state.uplinks.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "uplink routing");
+                    let mut errors: Vec<String> = state.datapath().detach_all().into_iter().map(|e| e.to_string()).collect();
+                    if let Err(re) = socket.remove() {
+                        errors.push(re.to_string());
+                    }
+                    errors.insert(0, format!("uplinks: {e}"));
+                    return Err(DaemonError::Teardown(errors));
+                }
+            }
+        }
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let learner = match punts {
         Ok(ring) => Some(tokio::spawn(consume_punts(ring, state.clone(), shutdown_rx.clone()))),
@@ -674,6 +793,22 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
             tracing::error!(error = %e, "punt ring buffer unavailable: no learning from DNS");
             None
         }
+    };
+    // Uplink events on their own thread: the failover path does blocking map
+    // and conntrack syscalls and must not wait behind anything else.
+    let uplink_thread = {
+        let st = state.clone();
+        let rx = shutdown_rx.clone();
+        std::thread::Builder::new()
+            .name("uplinks".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                match rt {
+                    Ok(rt) => rt.block_on(uplink_events(st, rx)),
+                    Err(e) => tracing::error!(error = %e, "uplink event runtime"),
+                }
+            })
+            .map_err(DaemonError::Runtime)?
     };
     let handler: Arc<dyn Handler> = state.clone();
     let control = tokio::spawn(async move {
@@ -717,11 +852,20 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
             None
         }
     };
+    if uplink_thread.join().is_err() {
+        errors.push("uplink thread panicked".into());
+    }
+    // Routing is removed after the programs are detached: until then they mark
+    // packets for the uplink tables.
+    let uplinks = state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).take();
     // Detach under the lock rather than waiting to own the state: a control
     // connection task that has just answered may still hold a reference for a
     // moment. The programs and maps go with the last reference (or the process).
     errors.extend(state.datapath().detach_all().into_iter().map(|e| e.to_string()));
     drop(state);
+    if let Some(u) = uplinks {
+        errors.extend(u.stop().await.into_iter().map(|e| format!("uplink routing: {e}")));
+    }
     if let Some(mut socket) = socket {
         if let Err(e) = socket.remove() {
             errors.push(e.to_string());

@@ -128,6 +128,7 @@ impl Checker {
                 format!("table_base {base}: tables {base}..={} must avoid 0 and 253-255 (default, main, local)", base.saturating_add(span)),
             );
         }
+        let span = span * crate::uplink::route::RULES_PER_UPLINK;
         let prio = routing.rule_priority;
         if prio == 0 || prio.checked_add(span).is_none_or(|last| last >= 32766) {
             self.error(
@@ -874,7 +875,7 @@ mod tests {
                 (10, 43, "gateway :: is not a unicast next hop"),
                 (12, 27, "default_uplinks names uplink \"wifi\", which is not defined (defined uplinks: \"fiber\", \"lte\")"),
                 (13, 14, "table_base 250: tables 250..=265 must avoid 0 and 253-255"),
-                (14, 17, "rule_priority 32760: rules 32760..=32775 must sit between 1 and 32765"),
+                (14, 17, "rule_priority 32760: rules 32760..=32790 must sit between 1 and 32765"),
             ],
         );
         let good = format!("{UPLINKS}weight = 3\ngateways = [\"203.0.113.1\", \"2001:db8:2::1\"]\n[routing]\ndefault_uplinks = [\"fiber\"]\n");

@@ -75,6 +75,12 @@ pub struct Status {
     pub flow_table: FlowTableStatus,
     pub rules: RulesStatus,
     pub learning: LearningStatus,
+    /// Uplinks: state, why, what they carry (empty in observe mode).
+    #[serde(default)]
+    pub uplinks: Vec<crate::uplink::UplinkStatus>,
+    /// Recent uplink switches, oldest first.
+    #[serde(default)]
+    pub switches: Vec<crate::uplink::Switch>,
 }
 
 /// DNS learning: answers to clients read from the datapath, addresses of
@@ -174,6 +180,42 @@ impl Status {
         );
         if let Some(e) = &r.last_reload_error {
             let _ = writeln!(out, "last reload refused: {e}");
+        }
+        if !self.uplinks.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<10} {:<10} {:<5} {:>6} {:>7} {:>8} {:>12} {:>12}  {}",
+                "uplink", "interface", "state", "table", "flows", "moved in", "up bytes", "down bytes", "carries / why"
+            );
+            for u in &self.uplinks {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:<10} {:<5} {:>6} {:>7} {:>8} {:>12} {:>12}  {} / {} ({}){}",
+                    u.name,
+                    u.interface,
+                    if u.up { "up" } else { "DOWN" },
+                    u.table,
+                    u.flows,
+                    u.counters.moved,
+                    u.counters.up_bytes,
+                    u.counters.down_bytes,
+                    if u.carries.is_empty() { "nothing".to_string() } else { u.carries.join(", ") },
+                    u.reason,
+                    u.gateway4.map(|g| g.to_string()).or(u.gateway6.map(|g| g.to_string())).unwrap_or_else(|| "no gateway".into()),
+                    if u.metered { ", metered" } else { "" },
+                );
+            }
+        }
+        for s in &self.switches {
+            let _ = writeln!(
+                out,
+                "switch at {}: {} {} ({}){}",
+                s.at_ms,
+                s.uplink,
+                if s.up { "up" } else { "down" },
+                s.reason,
+                if s.flows_ended > 0 { format!(", {} flows ended", s.flows_ended) } else { String::new() }
+            );
         }
         out
     }

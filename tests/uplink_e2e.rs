@@ -1,0 +1,247 @@
+//! Uplinks end to end in the lab (two ISPs, NAT on each uplink): policy routing
+//! installed and removed, carrier loss on the primary moving interactive flows to
+//! the LTE in well under a second, a bulk class that never touches the LTE, flows
+//! on the LTE untouched, sticky flows after the primary returns; IPv4 and IPv6.
+//! Needs root.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use inferlane::lab::scenario::{lab_config_base, DaemonProcess, WorkDir};
+use inferlane::lab::{addr, require_root_or_skip, Lab, LabOptions, Role};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_inferlane"))
+}
+
+/// Where the stream's packets arrived from (the NAT source names the uplink), and when.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    at: Instant,
+    from: IpAddr,
+    seq: u32,
+}
+
+/// Receive on `bind` until `stop`, inside the inet namespace.
+fn sink(lab: &Lab, bind: SocketAddr, stop: &AtomicBool) -> Vec<Arrival> {
+    lab.ns(Role::Inet)
+        .run_in("udp sink", || {
+            let s = UdpSocket::bind(bind)?;
+            s.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let mut out = Vec::new();
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    if n >= 4 {
+                        let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                        out.push(Arrival { at: Instant::now(), from: from.ip(), seq });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .unwrap_or_else(|e| panic!("expected the UDP sink on {bind} to run, got: {e}"))
+}
+
+/// One small datagram every 10 ms to `to` from one socket (one flow), inside the LAN.
+fn stream(lab: &Lab, to: SocketAddr, stop: &AtomicBool) -> u32 {
+    lab.ns(Role::Lan)
+        .run_in("udp stream", || {
+            let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+            let s = UdpSocket::bind(any)?;
+            let mut seq = 0u32;
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                // Unreachable errors (ICMP during the switch) are expected: keep going.
+                let _ = s.send_to(&seq.to_be_bytes(), to);
+                seq += 1;
+                let next = start + Duration::from_millis(10) * seq;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            Ok(seq)
+        })
+        .unwrap_or_else(|e| panic!("expected the UDP stream to {to} to run, got: {e}"))
+}
+
+fn status_json(lab: &Lab, socket: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(bin())
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    let _ = lab;
+    assert!(out.status.success(), "inferlane status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status JSON: {e}"))
+}
+
+fn uplink<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["uplinks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == name))
+        .unwrap_or_else(|| panic!("expected uplink {name} in status, saw {}", status["uplinks"]))
+}
+
+/// Our rules and tables in the router namespace, as `ip` shows them.
+fn routing_state(lab: &Lab) -> (String, String) {
+    let rules = lab.run(Role::Router, "ip", &["rule", "show"]).unwrap()
+        + &lab.run(Role::Router, "ip", &["-6", "rule", "show"]).unwrap();
+    let routes = lab.run(Role::Router, "ip", &["route", "show", "table", "all", "proto", "173"]).unwrap()
+        + &lab.run(Role::Router, "ip", &["-6", "route", "show", "table", "all", "proto", "173"]).unwrap();
+    (rules, routes)
+}
+
+/// When the first packet from `from` arrived after `after`.
+fn first_from(arrivals: &[Arrival], from: IpAddr, after: Instant) -> Option<Instant> {
+    arrivals.iter().find(|a| a.at >= after && a.from == from).map(|a| a.at)
+}
+
+fn largest_gap(arrivals: &[Arrival], from: Instant, to: Instant) -> Duration {
+    let times: Vec<Instant> = arrivals.iter().map(|a| a.at).filter(|&t| t >= from && t <= to).collect();
+    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(Duration::MAX)
+}
+
+#[test]
+fn carrier_loss_moves_interactive_flows_and_keeps_bulk_off_the_lte() {
+    if !require_root_or_skip("carrier_loss_moves_interactive_flows_and_keeps_bulk_off_the_lte") {
+        return;
+    }
+    let work = WorkDir::new("uplink").unwrap();
+    let lab = Lab::build(&LabOptions::default()).unwrap();
+    let socket = work.path().join("control.sock");
+    let (s4, s6) = (addr::SERVER_V4, addr::SERVER_V6);
+    // Interactive (fiber, then lte) on udp:9000; "voice" prefers the lte; bulk
+    // (fiber only) on tcp:5201.
+    let cfg = format!(
+        "{}\n[[classes]]\nname = \"voice\"\ndscp = \"EF\"\nuplinks = [\"lte\", \"fiber\"]\n\
+         [[rules]]\nclass = \"interactive\"\ndestinations = [\"{s4}/32\", \"{s6}/128\"]\nports = [\"udp:9000\"]\n\
+         [[rules]]\nclass = \"voice\"\ndestinations = [\"{s4}/32\"]\nports = [\"udp:9001\"]\n\
+         [[rules]]\nclass = \"bulk\"\ndestinations = [\"{s4}/32\", \"{s6}/128\"]\nports = [\"tcp:5201\"]\n",
+        lab_config_base(&socket, "flow_table_size = 4096")
+    );
+    let before = routing_state(&lab);
+    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &cfg).unwrap();
+
+    // Routing installed: a table per uplink with its learned gateway, rules both families.
+    let (rules, routes) = routing_state(&lab);
+    for want in ["fwmark 0x1000000/0xf000000 lookup main suppress_prefixlength 0", "fwmark 0x1000000/0xf000000 lookup 20000", "fwmark 0x2000000/0xf000000 lookup 20001"] {
+        assert_eq!(rules.matches(want).count(), 2, "expected rule {want:?} for IPv4 and IPv6, saw:\n{rules}");
+    }
+    for want in [
+        format!("default via {} dev wan0 table 20000", addr::ISP1_DOWN_V4.addr),
+        format!("default via {} dev wwan0 table 20001", addr::ISP2_DOWN_V4.addr),
+        format!("default via {} dev wan0 table 20000", addr::ISP1_DOWN_V6.addr),
+        format!("default via {} dev wwan0 table 20001", addr::ISP2_DOWN_V6.addr),
+    ] {
+        assert!(routes.contains(&want), "expected route {want:?}, saw:\n{routes}");
+    }
+
+    let fiber4: IpAddr = addr::ROUTER_WAN1_V4.addr.into();
+    let lte4: IpAddr = addr::ROUTER_WAN2_V4.addr.into();
+    let fiber6: IpAddr = addr::ROUTER_WAN1_V6.addr.into();
+    let lte6: IpAddr = addr::ROUTER_WAN2_V6.addr.into();
+    let stop = AtomicBool::new(false);
+    let (cut, bulk_refused, restored, new_flow_from) = std::thread::scope(|sc| {
+        let sinks = [
+            sc.spawn(|| sink(&lab, SocketAddr::new(s4.into(), 9000), &stop)),
+            sc.spawn(|| sink(&lab, SocketAddr::new(s6.into(), 9000), &stop)),
+            sc.spawn(|| sink(&lab, SocketAddr::new(s4.into(), 9001), &stop)),
+        ];
+        std::thread::sleep(Duration::from_millis(200));
+        let streams = [
+            sc.spawn(|| stream(&lab, SocketAddr::new(s4.into(), 9000), &stop)),
+            sc.spawn(|| stream(&lab, SocketAddr::new(s6.into(), 9000), &stop)),
+            sc.spawn(|| stream(&lab, SocketAddr::new(s4.into(), 9001), &stop)),
+        ];
+        std::thread::sleep(Duration::from_secs(1));
+        // The fiber's carrier goes: its peer in isp1 is taken down.
+        let cut = Instant::now();
+        lab.run(Role::Isp1, "ip", &["link", "set", addr::ISP_DOWN_IF, "down"]).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        // Bulk may not use the lte: a new bulk connection is refused at once.
+        let t = Instant::now();
+        let refused = lab
+            .ns(Role::Lan)
+            .run_in("bulk connect", || {
+                Ok(std::net::TcpStream::connect_timeout(&SocketAddr::new(s4.into(), 5201), Duration::from_secs(3)).err().map(|e| e.kind()))
+            })
+            .unwrap();
+        let bulk_refused = (refused, t.elapsed());
+        // Fiber back: flows stay on the lte (sticky); a new flow takes the fiber.
+        lab.run(Role::Isp1, "ip", &["link", "set", addr::ISP_DOWN_IF, "up"]).unwrap();
+        let restored = Instant::now();
+        std::thread::sleep(Duration::from_millis(1000));
+        let new_flow_from = lab
+            .ns(Role::Lan)
+            .run_in("new flow", || {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                for i in 0..5u32 {
+                    s.send_to(&(1_000_000 + i).to_be_bytes(), SocketAddr::new(s4.into(), 9000))?;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(())
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        for s in streams {
+            s.join().unwrap();
+        }
+        let arrivals: Vec<Vec<Arrival>> = sinks.into_iter().map(|s| s.join().unwrap()).collect();
+        ((cut, arrivals), bulk_refused, restored, new_flow_from)
+    });
+    let _ = new_flow_from;
+    let (cut, arrivals) = cut;
+    let status = status_json(&lab, &socket);
+    let log = daemon.log_text();
+
+    let report = |name: &str, a: &[Arrival], from_before: IpAddr, from_after: IpAddr| -> Duration {
+        let before_cut: Vec<_> = a.iter().filter(|x| x.at < cut).collect();
+        assert!(before_cut.len() > 50, "{name}: expected the stream to flow before the cut, saw {} packets", before_cut.len());
+        assert!(before_cut.iter().all(|x| x.from == from_before), "{name}: expected every packet before the cut from {from_before}");
+        let moved = first_from(a, from_after, cut).unwrap_or_else(|| panic!("{name}: no packet from {from_after} after the cut\n{log}"));
+        moved - cut
+    };
+    let a4 = &arrivals[0];
+    let a6 = &arrivals[1];
+    let voice = &arrivals[2];
+    let t4 = report("IPv4 interactive", a4, fiber4, lte4);
+    let t6 = report("IPv6 interactive", a6, fiber6, lte6);
+    eprintln!("failover on carrier loss: IPv4 {t4:?}, IPv6 {t6:?}");
+    assert!(t4 < Duration::from_millis(1000) && t6 < Duration::from_millis(1000), "expected failover in < 1 s, saw IPv4 {t4:?} IPv6 {t6:?}");
+    // The flow stays on the lte after the fiber is back (sticky)...
+    let sticky: Vec<_> = a4.iter().filter(|x| x.at > restored + Duration::from_millis(100) && x.seq < 1_000_000).collect();
+    assert!(!sticky.is_empty() && sticky.iter().all(|x| x.from == lte4), "expected the IPv4 stream to stay on the lte after failback");
+    // ...and a new flow takes the fiber.
+    let fresh: Vec<_> = a4.iter().filter(|x| x.seq >= 1_000_000).collect();
+    assert!(!fresh.is_empty() && fresh.iter().all(|x| x.from == fiber4), "expected the new flow on the fiber, saw {fresh:?}");
+    // The voice stream lived on the lte all along: untouched, no gap.
+    assert!(voice.iter().all(|x| x.from == lte4), "expected the voice stream only from the lte");
+    let gap = largest_gap(voice, cut - Duration::from_millis(500), cut + Duration::from_millis(1000));
+    assert!(gap < Duration::from_millis(100), "expected no gap on the lte stream during the fiber's failure, saw {gap:?}");
+    // Bulk: refused, quickly, and nothing of it left through the lte.
+    let (refused, took) = bulk_refused;
+    assert_eq!(refused, Some(std::io::ErrorKind::ConnectionRefused), "expected the bulk connection refused (RST), took {took:?}");
+    assert!(took < Duration::from_millis(500), "expected the refusal at once, took {took:?}");
+    assert!(status["flow_table"]["stats"]["no_uplink"].as_u64().unwrap_or(0) >= 1, "expected no_uplink counted: {}", status["flow_table"]);
+
+    // Status tells the story.
+    let fiber = uplink(&status, "fiber");
+    assert_eq!(fiber["up"], true, "fiber is back: {fiber}");
+    let lte = uplink(&status, "lte");
+    assert!(lte["counters"]["moved"].as_u64().unwrap() >= 2, "expected the two interactive flows counted as moved to the lte: {lte}");
+    let switches = status["switches"].as_array().expect("switches");
+    assert!(
+        switches.iter().any(|s| s["uplink"] == "fiber" && s["up"] == false && s["reason"] == "carrier lost" && s["flows_ended"].as_u64().unwrap_or(0) >= 2),
+        "expected a 'carrier lost' switch that ended the fiber's flows, saw {switches:?}"
+    );
+    assert!(switches.iter().any(|s| s["uplink"] == "fiber" && s["up"] == true), "expected the fiber's return: {switches:?}");
+
+    daemon.stop(Duration::from_secs(10)).unwrap();
+    let after = routing_state(&lab);
+    assert_eq!(after, before, "expected the routing state as before the daemon started");
+    lab.teardown().unwrap();
+}
