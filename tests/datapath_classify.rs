@@ -2592,3 +2592,34 @@ fn uplink_down_moves_pinned_flows_and_holds_classes_with_none_left() {
     let c = h.dp.uplink_counters(0).expect("fiber counters");
     assert!(c.up_packets >= 5 && c.steered >= 3, "expected fiber to count its packets and flows, saw {c:?}");
 }
+
+/// The flow table read in batches (more entries than one batch holds) gives every
+/// flow once, and batched deletes remove exactly the keys given.
+#[test]
+fn batched_flow_table_reads_and_deletes() {
+    if !require_root_or_skip_batch() {
+        return;
+    }
+    let mut h = Harness::load(CONFIG, true);
+    const N: u16 = 5000;
+    let pkts: Vec<Pkt> = (0..N).map(|i| udp_pkt(IpAddr::V4(CLIENT4), v4(192, 0, 2, 99), 10_000 + i, 7000, 0)).collect();
+    for p in &pkts {
+        assert_eq!(h.xdp(&p.frame()).verdict, XDP_PASS);
+    }
+    let all = h.dp.flows().unwrap_or_else(|e| panic!("expected the batched read to work, got: {e}"));
+    let keys: std::collections::HashSet<FlowKey> = all.iter().map(|(k, _)| *k).collect();
+    assert_eq!((all.len(), keys.len()), (N as usize, N as usize), "expected {N} distinct flows");
+    assert!(pkts.iter().all(|p| keys.contains(&p.key())), "expected every created flow in the read");
+    // Delete every other flow, plus one key that is not there.
+    let mut gone: Vec<FlowKey> = pkts.iter().step_by(2).map(|p| p.key()).collect();
+    gone.insert(10, udp_pkt(IpAddr::V4(CLIENT4), v4(192, 0, 2, 98), 1, 7000, 0).key());
+    let n = h.dp.delete_flows(&gone).unwrap_or_else(|e| panic!("expected the batched delete to work, got: {e}"));
+    assert_eq!(n, N as usize / 2, "expected half the flows deleted");
+    let left: std::collections::HashSet<FlowKey> = h.dp.flows().unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(left.len(), N as usize / 2);
+    assert!(pkts.iter().skip(1).step_by(2).all(|p| left.contains(&p.key())), "expected the odd flows to remain");
+}
+
+fn require_root_or_skip_batch() -> bool {
+    lab::require_root_or_skip("batched_flow_table_reads_and_deletes")
+}

@@ -5,6 +5,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 
 use super::abi::{AddrInfo, Candidates, ClientKeyData, Flow, FlowKey, FlowStats, Rule, RuleProviderKey, Settings};
+use std::os::fd::AsFd;
+
 use super::{BpfError, Datapath};
 
 const MAP_SETTINGS: &str = "settings";
@@ -138,6 +140,14 @@ impl Datapath {
     /// Every live flow. The table changes while it is read: a flow created or
     /// evicted meanwhile may be missing, none appears twice.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, BpfError> {
+        if let Some(data) = self.flows_map_data() {
+            match super::batch::lookup_all::<FlowKey, Flow>(data.fd().as_fd()) {
+                Ok(all) => return Ok(all),
+                // Kernels before 5.6: walk key by key below.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(BpfError::Map { map: MAP_FLOWS, source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "BPF_MAP_LOOKUP_BATCH", io_error: e }) }),
+            }
+        }
         let map: HashMap<&MapData, FlowKey, Flow> =
             HashMap::try_from(self.map_data(MAP_FLOWS)?).map_err(map_err(MAP_FLOWS))?;
         let mut out = Vec::new();
@@ -150,6 +160,22 @@ impl Datapath {
             }
         }
         Ok(out)
+    }
+
+    fn flows_map_data(&self) -> Option<&MapData> {
+        match self.ebpf.map(MAP_FLOWS)? {
+            aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Delete flows from the table (ended, exported); returns how many went.
+    pub fn delete_flows(&mut self, keys: &[FlowKey]) -> Result<usize, BpfError> {
+        let data = self.flows_map_data().ok_or(BpfError::Missing { kind: "map", name: MAP_FLOWS })?;
+        super::batch::delete(data.fd().as_fd(), keys).map_err(|e| BpfError::Map {
+            map: MAP_FLOWS,
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "BPF_MAP_DELETE_BATCH", io_error: e }),
+        })
     }
 
     /// Flow-table statistics, summed over CPUs.

@@ -3,6 +3,7 @@
 //! keeps the programs attached; dropping it detaches them (aya owns the links).
 
 pub mod abi;
+mod batch;
 mod clsact;
 pub mod maps;
 mod steer;
