@@ -128,6 +128,8 @@ struct State {
     /// Routing, health and failover of the uplinks (None in observe mode or
     /// with no uplinks configured).
     uplinks: Mutex<Option<crate::uplink::Uplinks>>,
+    /// What was reported of each live flow; decides ends and deletions.
+    tracker: Mutex<crate::flow::FlowTracker>,
     config_path: PathBuf,
     started: Instant,
 }
@@ -200,13 +202,17 @@ impl State {
             config: self.config_path.display().to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             interfaces,
-            flow_table: FlowTableStatus {
-                size: dp.flow_table_size(),
-                live: live_flows,
-                // The LRU evicts silently; everything created and not live any
-                // more was evicted, as the daemon deletes no flows (yet).
-                evicted: stats.created.saturating_sub(live_flows),
-                stats,
+            flow_table: {
+                let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                FlowTableStatus {
+                    size: dp.flow_table_size(),
+                    live: live_flows,
+                    evicted: t.pressure_evictions + t.vanished,
+                    evicted_by_kernel: t.vanished,
+                    ended: t.deleted - t.pressure_evictions,
+                    records: t.reported,
+                    stats,
+                }
             },
             rules: RulesStatus {
                 rules: live.rules.rules,
@@ -271,6 +277,7 @@ impl State {
                 }
             }
             drop(dp);
+            self.tracker.lock().unwrap_or_else(|p| p.into_inner()).set_timeouts(flow_timeouts(&p.config));
             live.config = p.config;
             live.catalog = p.catalog;
             live.rules = p.rules.summary;
@@ -574,6 +581,80 @@ async fn consume_punts(
     }
 }
 
+/// The flow timeouts: export's active and inactive timeouts where configured.
+fn flow_timeouts(config: &Config) -> crate::flow::Timeouts {
+    let mut t = crate::flow::Timeouts::default();
+    if let Some(e) = &config.export {
+        t.active = e.active_timeout;
+        t.inactive = e.inactive_timeout;
+    }
+    t
+}
+
+/// How often the flow table is scanned for ended flows.
+const FLOW_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Scan the flow table every second: report ended flows, then delete them. At
+/// stop, everything still unreported is reported (forced end).
+async fn flow_lifecycle(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(FLOW_SCAN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {
+                let st = state.clone();
+                let _ = tokio::task::spawn_blocking(move || st.scan_flows()).await;
+            }
+        }
+    }
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || st.finish_flows()).await;
+}
+
+impl State {
+    fn scan_flows(&self) {
+        let now = monotonic_ns();
+        let (flows, size) = {
+            let dp = self.datapath();
+            match dp.flows() {
+                Ok(f) => (f, dp.flow_table_size()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "flow table scan");
+                    return;
+                }
+            }
+        };
+        let scan = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).scan(now, &flows, size);
+        if scan.vanished > 0 {
+            tracing::warn!(flows = scan.vanished, "flows evicted by the kernel before the daemon could report them; raise daemon.flow_table_size");
+        }
+        self.report_flows(&scan.reports);
+        if !scan.delete.is_empty() {
+            if let Err(e) = self.datapath().delete_flows(&scan.delete) {
+                tracing::warn!(error = %e, "delete ended flows");
+            }
+        }
+    }
+
+    fn finish_flows(&self) {
+        let flows = match self.datapath().flows() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "flow table read at stop");
+                return;
+            }
+        };
+        let reports = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).finish(&flows);
+        self.report_flows(&reports);
+    }
+
+    /// Hand flow records to the exporter (when one is configured).
+    fn report_flows(&self, reports: &[crate::flow::Report]) {
+        let _ = reports;
+    }
+}
+
 /// Carrier, address and route events for the uplinks, until shutdown. Health
 /// probes feed the same state (see uplink::health).
 async fn uplink_events(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
@@ -742,6 +823,7 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         "rules installed"
     );
     let mode = prepared.config.daemon.mode;
+    let timeouts = flow_timeouts(&prepared.config);
     let socket_path = prepared.config.daemon.control_socket.clone();
     let state = Arc::new(State {
         datapath: Mutex::new(datapath),
@@ -761,6 +843,7 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         hellos: Mutex::new(std::collections::HashMap::new()),
         names: Mutex::new(std::collections::HashMap::new()),
         uplinks: Mutex::new(None),
+        tracker: Mutex::new(crate::flow::FlowTracker::new(timeouts)),
     });
     // Routing and steering before readiness: the first flow already goes to the
     // right uplink. Observe mode changes nothing in the packet path.
@@ -810,6 +893,7 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
             })
             .map_err(DaemonError::Runtime)?
     };
+    let lifecycle = tokio::spawn(flow_lifecycle(state.clone(), shutdown_rx.clone()));
     let handler: Arc<dyn Handler> = state.clone();
     let control = tokio::spawn(async move {
         socket.serve(handler, shutdown_rx).await;
@@ -852,6 +936,9 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
             None
         }
     };
+    if let Err(e) = lifecycle.await {
+        errors.push(format!("flow lifecycle task: {e}"));
+    }
     if uplink_thread.join().is_err() {
         errors.push("uplink thread panicked".into());
     }

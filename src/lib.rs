@@ -8,5 +8,6 @@ pub mod classify;
 pub mod control;
 pub mod daemon;
 pub mod export;
+pub mod flow;
 pub mod qos;
 pub mod uplink;

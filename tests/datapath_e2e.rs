@@ -156,7 +156,10 @@ fn capture(lab: &mut Lab, iface_role: Role, count: usize) -> Capture {
 }
 
 fn finish(lab: &mut Lab, cap: Capture) -> String {
-    let _ = lab.wait(cap.pid, Duration::from_secs(5));
+    // Fewer packets than expected must fail the test, not hang it: stop tcpdump.
+    if lab.wait(cap.pid, Duration::from_secs(5)).is_err() {
+        let _ = lab.stop(cap.pid);
+    }
     let mut text = String::new();
     let mut out = cap.out;
     std::io::Read::read_to_string(&mut out, &mut text).unwrap();

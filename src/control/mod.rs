@@ -44,8 +44,18 @@ pub struct FlowTableStatus {
     /// Entries the table holds (config daemon.flow_table_size).
     pub size: u32,
     pub live: u64,
-    /// Flows pushed out by the LRU to make room for new ones.
+    /// Flows pushed out to make room: by the daemon under pressure (reported
+    /// first) and by the kernel's LRU (reported from the last scan's figures).
     pub evicted: u64,
+    /// Of those, evicted by the kernel before the daemon could.
+    #[serde(default)]
+    pub evicted_by_kernel: u64,
+    /// Flows that ended (FIN/RST, idle past retention) and were deleted.
+    #[serde(default)]
+    pub ended: u64,
+    /// Flow records produced (export periods).
+    #[serde(default)]
+    pub records: u64,
     pub stats: crate::bpf::abi::FlowStats,
 }
 
@@ -158,8 +168,8 @@ impl Status {
         let ft = &self.flow_table;
         let _ = writeln!(
             out,
-            "flows: {} live of {}, {} created, {} evicted, {} not tracked (insert failed), {} download packets without a flow",
-            ft.live, ft.size, ft.stats.created, ft.evicted, ft.stats.create_failed, ft.stats.download_unmatched
+            "flows: {} live of {}, {} created, {} ended, {} evicted ({} by the kernel), {} not tracked (insert failed), {} download packets without a flow, {} records",
+            ft.live, ft.size, ft.stats.created, ft.ended, ft.evicted, ft.evicted_by_kernel, ft.stats.create_failed, ft.stats.download_unmatched, ft.records
         );
         let _ = writeln!(
             out,

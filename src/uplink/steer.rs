@@ -2,9 +2,10 @@
 //! (`struct il_steer`), computed from the config and the uplinks' health.
 //!
 //! For each class (and for unclassified flows, class id 0), the preference list
-//! is the class's `uplinks` (or `[routing] default_uplinks`, by default every
-//! uplink by priority). New flows go to the first usable uplink of the list; the
-//! usable uplinks of the list that share its priority take new flows by weight.
+//! is the class's `uplinks` (or `[routing] default_uplinks`, by default the
+//! unmetered uplinks by priority, then the metered ones). New flows go to the
+//! first usable uplink of the list; the usable uplinks of the list that share its
+//! priority (and its being metered or not) take new flows by weight.
 //! An empty list lets the main routing table decide; a list with no usable uplink
 //! holds the class's flows rather than leak them to a link it may not use (a bulk
 //! class listing only the fiber never spills onto the metered LTE).
@@ -37,8 +38,11 @@ pub fn default_list(config: &Config) -> Vec<usize> {
             .collect(),
         None => {
             let mut all: Vec<usize> = (0..config.uplinks.len()).collect();
-            // Stable: equal priorities keep config order.
-            all.sort_by_key(|&i| config.uplinks[i].priority);
+            // Unmetered first, then by priority; stable, so equal ones keep
+            // config order. A metered link takes unclassified flows only when no
+            // unmetered one is up (TLS flows are unclassified at their SYN, so
+            // they need somewhere to go while the primary is down).
+            all.sort_by_key(|&i| (config.uplinks[i].metered, config.uplinks[i].priority));
             all
         }
     }
@@ -59,8 +63,12 @@ fn entry(config: &Config, list: &[usize], usable: &[bool]) -> Steer {
         steer.deny = 1;
         return steer;
     };
-    let priority = config.uplinks[first].priority;
-    let group: Vec<usize> = healthy.into_iter().filter(|&i| config.uplinks[i].priority == priority).collect();
+    // Sharing only among equals: same priority, and metered with metered.
+    let (priority, metered) = (config.uplinks[first].priority, config.uplinks[first].metered);
+    let group: Vec<usize> = healthy
+        .into_iter()
+        .filter(|&i| config.uplinks[i].priority == priority && config.uplinks[i].metered == metered)
+        .collect();
     let weights: Vec<u32> = group.iter().map(|&i| config.uplinks[i].weight.max(1)).collect();
     let mut at = 0;
     for (&i, slots) in group.iter().zip(share_slots(&weights)) {
@@ -194,6 +202,15 @@ uplinks = ["lte", "fiber"]
         assert_eq!((bulk.n, bulk.deny, bulk.allowed), (0, 1, 0b10), "bulk never spills to lte");
         let plain = s[3].1;
         assert_eq!(plain, Steer::default(), "no uplinks listed: the main table decides");
+    }
+
+    #[test]
+    fn unclassified_flows_keep_off_a_metered_link_of_equal_priority() {
+        let text = THREE.replace("priority = 20\nmetered = true", "priority = 10\nmetered = true");
+        let s = steering(&config(&text), &[true, true, true]);
+        assert_eq!(slots_of(&s[0].1), [0, 12, 4, 0], "lte shares nothing while the unmetered are up");
+        let s = steering(&config(&text), &[false, false, true]);
+        assert_eq!(single_choice(&s[0].1), Some(2), "lte is the last resort");
     }
 
     #[test]
