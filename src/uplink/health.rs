@@ -290,7 +290,11 @@ impl HealthMachine {
     /// A new machine: `Unknown` when the carrier is up, `Down` otherwise.
     pub fn new(params: HealthParams, now: Instant, carrier_up: bool) -> HealthMachine {
         HealthMachine {
-            state: if carrier_up { State::Unknown } else { State::Down },
+            state: if carrier_up {
+                State::Unknown
+            } else {
+                State::Down
+            },
             since: now,
             carrier: carrier_up,
             address: true,
@@ -354,9 +358,7 @@ impl HealthMachine {
         let cap = self.p.probe_timeout_max.max(floor);
         match self.srtt_us {
             None => self.p.probe_timeout_initial.clamp(floor, cap),
-            Some(srtt) => {
-                Duration::from_micros(3 * srtt + 4 * self.rttvar_us).clamp(floor, cap)
-            }
+            Some(srtt) => Duration::from_micros(3 * srtt + 4 * self.rttvar_us).clamp(floor, cap),
         }
     }
 
@@ -508,8 +510,7 @@ impl HealthMachine {
             (Some(rx), Some(started)) => rx >= started,
             _ => false,
         };
-        if fresh && self.state == State::Up && self.passive_covered < self.p.passive_max_rounds
-        {
+        if fresh && self.state == State::Up && self.passive_covered < self.p.passive_max_rounds {
             self.passive_covered += 1;
             return None;
         }

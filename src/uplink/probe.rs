@@ -250,7 +250,11 @@ pub fn tcp_probe_bytes(target: IpAddr, status: TargetStatus, elapsed: Duration) 
 /// identifier, sequence, then nonce and round number.
 fn echo_request(v6: bool, id: u16, seq: u16, nonce: u32, round: u32) -> Vec<u8> {
     let mut p = Vec::with_capacity(ICMP_HEADER_LEN + ICMP_PAYLOAD_LEN);
-    p.push(if v6 { ICMPV6_ECHO_REQUEST } else { ICMP_ECHO_REQUEST });
+    p.push(if v6 {
+        ICMPV6_ECHO_REQUEST
+    } else {
+        ICMP_ECHO_REQUEST
+    });
     p.extend_from_slice(&[0, 0, 0]);
     p.extend_from_slice(&id.to_be_bytes());
     p.extend_from_slice(&seq.to_be_bytes());
@@ -288,7 +292,11 @@ fn parse_echo_reply(v6: bool, data: &[u8]) -> Option<(u16, u16, u32)> {
         let ihl = usize::from(*data.first()? & 0x0f) * 4;
         data.get(ihl..)?
     };
-    let want = if v6 { ICMPV6_ECHO_REPLY } else { ICMP_ECHO_REPLY };
+    let want = if v6 {
+        ICMPV6_ECHO_REPLY
+    } else {
+        ICMP_ECHO_REPLY
+    };
     if icmp.len() < ICMP_HEADER_LEN + ICMP_PAYLOAD_LEN || icmp[0] != want || icmp[1] != 0 {
         return None;
     }
@@ -317,9 +325,7 @@ pub fn dns_query(id: u16) -> Vec<u8> {
 /// The id of a well-formed DNS response, or None.
 fn dns_response_id(data: &[u8]) -> Option<u16> {
     let packet = Packet::parse(data).ok()?;
-    packet
-        .has_flags(PacketFlag::RESPONSE)
-        .then(|| packet.id())
+    packet.has_flags(PacketFlag::RESPONSE).then(|| packet.id())
 }
 
 fn random_u64() -> u64 {
@@ -459,7 +465,9 @@ impl Prober {
                 Probe::Dns(addr) => {
                     let sock = Arc::new(prober.open_dns(addr)?);
                     prober.dns.insert(i, sock.clone());
-                    prober.tasks.spawn(dns_receiver(sock, addr.ip(), prober.tx.clone()));
+                    prober
+                        .tasks
+                        .spawn(dns_receiver(sock, addr.ip(), prober.tx.clone()));
                 }
                 _ => {}
             }
@@ -534,11 +542,13 @@ impl Prober {
         })?;
         // SAFETY: the Socket owns its descriptor, which stays open and unchanged until
         // the AsyncFd (its only owner) is dropped.
-        unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }.map_err(|e| ProbeError::Socket {
-            kind,
-            uplink: self.cfg.uplink.clone(),
-            interface: self.cfg.interface.clone(),
-            source: e.into(),
+        unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }.map_err(|e| {
+            ProbeError::Socket {
+                kind,
+                uplink: self.cfg.uplink.clone(),
+                interface: self.cfg.interface.clone(),
+                source: e.into(),
+            }
         })
     }
 
@@ -607,7 +617,13 @@ impl Prober {
     }
 
     /// Sends one probe; returns the bytes sent now (TCP reports its bytes at the end).
-    fn send_probe(&mut self, round: u64, target: usize, probe: Probe, now: Instant) -> io::Result<u64> {
+    fn send_probe(
+        &mut self,
+        round: u64,
+        target: usize,
+        probe: Probe,
+        now: Instant,
+    ) -> io::Result<u64> {
         let expires = now + self.cfg.late_window;
         let (key, sent) = match probe {
             Probe::Icmp(addr) => {
@@ -618,7 +634,8 @@ impl Prober {
                     IpAddr::V6(_) => self.icmp_v6.as_ref(),
                 }
                 .expect("ICMP socket opened for every family in use");
-                let packet = echo_request(addr.is_ipv6(), self.icmp_id, seq, self.nonce, round as u32);
+                let packet =
+                    echo_request(addr.is_ipv6(), self.icmp_id, seq, self.nonce, round as u32);
                 sock.get_ref()
                     .send_to(&packet, &SockAddr::from(SocketAddr::new(addr, 0)))?;
                 (Key::Icmp(seq), ip_header(addr) + packet.len() as u64)
@@ -636,13 +653,18 @@ impl Prober {
             Probe::Tcp(addr) => {
                 let token = self.tcp_token;
                 self.tcp_token += 1;
-                let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
-                let sock = self
-                    .base_socket("TCP", domain, Type::STREAM, Protocol::TCP, addr.is_ipv6())
-                    .map_err(|e| match e {
-                        ProbeError::Socket { source, .. } | ProbeError::Option { source, .. } => source,
-                        other => io::Error::other(other.to_string()),
-                    })?;
+                let domain = if addr.is_ipv6() {
+                    Domain::IPV6
+                } else {
+                    Domain::IPV4
+                };
+                let sock =
+                    self.base_socket("TCP", domain, Type::STREAM, Protocol::TCP, addr.is_ipv6())
+                        .map_err(|e| match e {
+                            ProbeError::Socket { source, .. }
+                            | ProbeError::Option { source, .. } => source,
+                            other => io::Error::other(other.to_string()),
+                        })?;
                 sock.set_linger(Some(Duration::ZERO))?;
                 let sock = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
                 let tx = self.tx.clone();
@@ -744,7 +766,8 @@ impl Prober {
                     // A TCP probe still connecting has sent its SYN(s) so far; the final
                     // figure comes with its completion.
                     if let Probe::Tcp(addr) = t.probe {
-                        let (s, _) = tcp_probe_bytes(addr.ip(), TargetStatus::Lost, p.result.timeout);
+                        let (s, _) =
+                            tcp_probe_bytes(addr.ip(), TargetStatus::Lost, p.result.timeout);
                         t.bytes_sent = s;
                         p.result.bytes_sent += s;
                     }
@@ -896,7 +919,11 @@ async fn icmp_receiver(
     }
 }
 
-async fn dns_receiver(sock: Arc<tokio::net::UdpSocket>, from: IpAddr, tx: mpsc::UnboundedSender<Reply>) {
+async fn dns_receiver(
+    sock: Arc<tokio::net::UdpSocket>,
+    from: IpAddr,
+    tx: mpsc::UnboundedSender<Reply>,
+) {
     let mut buf = vec![0u8; 4096];
     loop {
         let n = match sock.recv(&mut buf).await {
@@ -927,7 +954,11 @@ mod tests {
     fn echo_request_checksum_verifies() {
         let p = echo_request(false, 0x1234, 7, 0xdead_beef, 3);
         assert_eq!(p.len(), ICMP_HEADER_LEN + ICMP_PAYLOAD_LEN);
-        assert_eq!(inet_checksum(&p), 0, "a packet with its checksum sums to zero");
+        assert_eq!(
+            inet_checksum(&p),
+            0,
+            "a packet with its checksum sums to zero"
+        );
     }
 
     #[test]
@@ -945,7 +976,11 @@ mod tests {
         ip.extend_from_slice(&reply);
         assert_eq!(parse_echo_reply(false, &ip), Some((9, 10, 11)));
         let mut req = echo_request(true, 1, 2, 3, 4);
-        assert_eq!(parse_echo_reply(true, &req), None, "a request is not a reply");
+        assert_eq!(
+            parse_echo_reply(true, &req),
+            None,
+            "a request is not a reply"
+        );
         req[0] = ICMPV6_ECHO_REPLY;
         assert_eq!(parse_echo_reply(true, &req), Some((1, 2, 3)));
     }
@@ -965,11 +1000,26 @@ mod tests {
     #[test]
     fn tcp_bytes_follow_the_handshake() {
         let v4: IpAddr = Ipv4Addr::LOCALHOST.into();
-        assert_eq!(tcp_probe_bytes(v4, TargetStatus::Answered, Duration::ZERO), (60 + 52 + 40, 60));
-        assert_eq!(tcp_probe_bytes(v4, TargetStatus::Refused, Duration::ZERO), (60, 40));
-        assert_eq!(tcp_probe_bytes(v4, TargetStatus::Lost, Duration::from_millis(300)), (60, 0));
-        assert_eq!(tcp_probe_bytes(v4, TargetStatus::Lost, Duration::from_secs(4)), (180, 0));
+        assert_eq!(
+            tcp_probe_bytes(v4, TargetStatus::Answered, Duration::ZERO),
+            (60 + 52 + 40, 60)
+        );
+        assert_eq!(
+            tcp_probe_bytes(v4, TargetStatus::Refused, Duration::ZERO),
+            (60, 40)
+        );
+        assert_eq!(
+            tcp_probe_bytes(v4, TargetStatus::Lost, Duration::from_millis(300)),
+            (60, 0)
+        );
+        assert_eq!(
+            tcp_probe_bytes(v4, TargetStatus::Lost, Duration::from_secs(4)),
+            (180, 0)
+        );
         let v6: IpAddr = Ipv6Addr::LOCALHOST.into();
-        assert_eq!(tcp_probe_bytes(v6, TargetStatus::Refused, Duration::ZERO), (80, 60));
+        assert_eq!(
+            tcp_probe_bytes(v6, TargetStatus::Refused, Duration::ZERO),
+            (80, 60)
+        );
     }
 }

@@ -86,7 +86,8 @@ impl Sim {
 
     fn push(&mut self, t: u64, ev: Ev) {
         self.events.push(Some(ev));
-        self.heap.push(Reverse((t, self.seq, self.events.len() - 1)));
+        self.heap
+            .push(Reverse((t, self.seq, self.events.len() - 1)));
         self.seq += 1;
     }
 
@@ -134,7 +135,11 @@ impl Sim {
                             None => all_in_time = false,
                         }
                     }
-                    let done = if all_in_time { t + slowest } else { t + timeout };
+                    let done = if all_in_time {
+                        t + slowest
+                    } else {
+                        t + timeout
+                    };
                     let done = done.max(self.last_done);
                     self.last_done = done;
                     let round = self.next_round;
@@ -217,7 +222,11 @@ fn starts_unknown_and_is_up_at_the_first_answer() {
     assert_eq!(sim.ups(), vec![5], "expected Up at the first answer (5 ms)");
     assert_eq!(sim.transitions[0].reason, Reason::FirstAnswer);
     let down = HealthMachine::new(defaults(), Instant::now(), false);
-    assert_eq!(down.state(), State::Down, "carrier down at start means Down");
+    assert_eq!(
+        down.state(),
+        State::Down,
+        "carrier down at start means Down"
+    );
 }
 
 #[test]
@@ -252,15 +261,25 @@ fn silent_blackout_is_detected_within_1_3_s() {
     }
     let (min, max) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
     eprintln!("silent blackout detection: min {min} ms, max {max} ms");
-    assert!(max <= 1_300, "expected detection <= 1.3 s, worst was {max} ms");
-    assert!(min >= 850, "detection faster than 3 rounds ({min} ms) means a bug");
+    assert!(
+        max <= 1_300,
+        "expected detection <= 1.3 s, worst was {max} ms"
+    );
+    assert!(
+        min >= 850,
+        "detection faster than 3 rounds ({min} ms) means a bug"
+    );
 }
 
 #[test]
 fn steady_800_ms_latency_never_fails_over() {
     let mut sim = Sim::new(defaults());
     sim.run(30 * 60_000, 2, &mut |_, _| Some(800));
-    assert!(sim.downs().is_empty(), "Down at {:?} with RTT 800 ms", sim.downs());
+    assert!(
+        sim.downs().is_empty(),
+        "Down at {:?} with RTT 800 ms",
+        sim.downs()
+    );
     let f = sim.m.figures();
     assert_eq!(f.state, State::Up);
     assert!(f.probe_timeout > ms(800), "timeout {:?}", f.probe_timeout);
@@ -270,7 +289,9 @@ fn steady_800_ms_latency_never_fails_over() {
 fn latency_jump_from_10_to_800_ms_never_fails_over() {
     for jump_at in [60_000u64, 60_100, 60_200] {
         let mut sim = Sim::new(defaults());
-        sim.run(10 * 60_000, 2, &mut |t, _| Some(if t < jump_at { 10 } else { 800 }));
+        sim.run(10 * 60_000, 2, &mut |t, _| {
+            Some(if t < jump_at { 10 } else { 800 })
+        });
         assert!(
             sim.downs().is_empty(),
             "jump at {jump_at}: Down at {:?}",
@@ -310,7 +331,11 @@ fn carrier_down_is_immediate_and_carrier_up_waits_for_the_hold() {
     sim.run(60_000, 2, &mut |_, _| Some(3));
     let downs = sim.downs();
     assert_eq!(downs, vec![10_000], "Down exactly at carrier loss");
-    let down = sim.transitions.iter().find(|t| t.to == State::Down).unwrap();
+    let down = sim
+        .transitions
+        .iter()
+        .find(|t| t.to == State::Down)
+        .unwrap();
     assert_eq!(down.reason, Reason::CarrierDown);
     // First round after carrier up is sent at 12 000 ms; the 100th good one is
     // answered 99 × 300 + 3 ms later. (The Up at 10 s was only 10 s before, so the
@@ -351,7 +376,11 @@ fn address_removal_is_immediate() {
     assert_eq!(sim.downs(), vec![5_000]);
     assert_eq!(sim.transitions[1].reason, Reason::AddressRemoved);
     assert_eq!(sim.transitions[1].reason.to_string(), "address removed");
-    assert_eq!(sim.m.state(), State::Down, "answers while the address is gone count nothing");
+    assert_eq!(
+        sim.m.state(),
+        State::Down,
+        "answers while the address is gone count nothing"
+    );
 }
 
 #[test]
@@ -389,7 +418,11 @@ fn assert_damping_bound(sim: &Sim, span_ms: u64, what: &str) {
     }
     let bound = (span_ms / window) as usize + 1;
     let failovers = sim.failovers();
-    eprintln!("{what}: {failovers} failovers, {} ups in {} min (bound {bound})", ups.len(), span_ms / 60_000);
+    eprintln!(
+        "{what}: {failovers} failovers, {} ups in {} min (bound {bound})",
+        ups.len(),
+        span_ms / 60_000
+    );
     assert!(
         failovers <= bound,
         "{what}: expected at most {bound} failovers, saw {failovers}"
@@ -432,7 +465,9 @@ fn flap_damping_bounds_failovers_under_intermittent_outages() {
             slots.push(rng.chance(p / 4.0));
         }
         let mut sim = Sim::new(defaults());
-        sim.run(HALF_HOUR, 2, &mut |t, _| (!slots[(t / 10_000) as usize]).then_some(5));
+        sim.run(HALF_HOUR, 2, &mut |t, _| {
+            (!slots[(t / 10_000) as usize]).then_some(5)
+        });
         assert_damping_bound(&sim, HALF_HOUR, &format!("random outages {p}"));
     }
     // Deterministic worst case: a 2 s outage every 35 s (the hold is 30 s). Undamped
@@ -440,12 +475,20 @@ fn flap_damping_bounds_failovers_under_intermittent_outages() {
     let mut sim = Sim::new(defaults());
     sim.run(HALF_HOUR, 2, &mut |t, _| (t % 35_000 >= 2_000).then_some(5));
     assert_damping_bound(&sim, HALF_HOUR, "2 s outage every 35 s");
-    assert!(sim.m.figures().damping_factor > 1, "damping must have grown");
+    assert!(
+        sim.m.figures().damping_factor > 1,
+        "damping must have grown"
+    );
     // A 2 s outage every 4 minutes: each return is held longer and later.
     let mut sim = Sim::new(defaults());
-    sim.run(HALF_HOUR, 2, &mut |t, _| (t % 240_000 >= 2_000 || t < 10_000).then_some(5));
+    sim.run(HALF_HOUR, 2, &mut |t, _| {
+        (t % 240_000 >= 2_000 || t < 10_000).then_some(5)
+    });
     assert_damping_bound(&sim, HALF_HOUR, "2 s outage every 4 min");
-    assert!(sim.failovers() >= 2, "expected the link to flap at least twice");
+    assert!(
+        sim.failovers() >= 2,
+        "expected the link to flap at least twice"
+    );
 }
 
 #[test]
@@ -459,7 +502,11 @@ fn damping_resets_after_a_stable_up_period() {
     let ups = sim.ups();
     assert_eq!(sim.failovers(), 2);
     // After the second outage (Up had lasted > window) the hold is 100 rounds again.
-    assert_eq!(*ups.last().unwrap(), 1_002_000 + 99 * 300 + 5, "ups {ups:?}");
+    assert_eq!(
+        *ups.last().unwrap(),
+        1_002_000 + 99 * 300 + 5,
+        "ups {ups:?}"
+    );
     assert_eq!(sim.m.figures().damping_factor, 1);
 }
 
@@ -495,7 +542,10 @@ fn stale_passive_evidence_does_not_hide_a_blackout() {
     // Round at 60 000 saw a packet at 60 000 (>= its start), so it is covered; the
     // others are not.
     let detect = downs[0] - 60_000;
-    assert!(detect <= 1_300, "stale evidence delayed detection to {detect} ms");
+    assert!(
+        detect <= 1_300,
+        "stale evidence delayed detection to {detect} ms"
+    );
 }
 
 #[test]
@@ -551,11 +601,17 @@ fn idle_metered_standby_stays_under_10_mb_a_month() {
     for (what, targets) in [
         (
             "two IPv4 ICMP targets",
-            [IpAddr::from(Ipv4Addr::new(192, 0, 2, 1)), Ipv4Addr::new(192, 0, 2, 2).into()],
+            [
+                IpAddr::from(Ipv4Addr::new(192, 0, 2, 1)),
+                Ipv4Addr::new(192, 0, 2, 2).into(),
+            ],
         ),
         (
             "two IPv6 ICMP targets",
-            [IpAddr::from(Ipv6Addr::LOCALHOST), Ipv6Addr::UNSPECIFIED.into()],
+            [
+                IpAddr::from(Ipv6Addr::LOCALHOST),
+                Ipv6Addr::UNSPECIFIED.into(),
+            ],
         ),
     ] {
         // Request and reply are the same size (the reply echoes the payload).
@@ -580,7 +636,11 @@ fn history_is_bounded_and_figures_add_up() {
     sim.run(200_000, 2, &mut |_, _| Some(4));
     let f = sim.m.figures();
     assert_eq!(f.history.len(), DEFAULT_HISTORY_LEN);
-    assert_eq!(sim.transitions.len(), 81, "start, then 40 × (carrier down, up)");
+    assert_eq!(
+        sim.transitions.len(),
+        81,
+        "start, then 40 × (carrier down, up)"
+    );
     assert_eq!(f.history.last(), sim.transitions.last());
     assert_eq!(f.history[0], sim.transitions[81 - DEFAULT_HISTORY_LEN]);
     assert_eq!(f.srtt, Some(ms(4)));
