@@ -70,8 +70,18 @@
 //! A metered uplink that carries no flows (the caller says so) is probed every
 //! `standby_interval` (60 s) instead of `interval`. Good rounds are weighed by the
 //! interval in effect, so the hold is a time (up_after × interval × factor): on standby
-//! one clean round is 60 s of clean health and satisfies the 30 s hold. See
-//! [`standby_bytes_per_month`] for the byte budget.
+//! one clean round is 60 s of clean health and satisfies the 30 s hold. Down detection
+//! on standby takes `down_after` standby rounds (3 min); the monitor probes at once and
+//! at the full rate as soon as flows are put on the uplink.
+//!
+//! Bytes per 30-day month of an idle metered standby at the defaults (60 s, two targets,
+//! IP level, both directions; [`standby_bytes_per_month`], asserted in the tests from the
+//! prober's real packet sizes): two ICMPv4 targets 144 B/round → 6.2 MB; two ICMPv6
+//! targets 224 B/round → 9.7 MB; both within the 10 MB budget. A TCP target costs a
+//! handshake (212 B over IPv4, 292 B over IPv6) and a DNS target up to ~600 B, which at
+//! 60 s would exceed the budget: use ICMP targets on metered uplinks, or set the standby
+//! interval from [`standby_interval_for_budget`] with
+//! `probe::round_bytes_upper_bound(&targets)`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -160,6 +170,14 @@ impl Default for HealthParams {
 pub fn standby_bytes_per_month(params: &HealthParams, bytes_per_round: u64) -> u64 {
     let rounds = MONTH.as_millis() / params.standby_interval.as_millis().max(1);
     rounds as u64 * bytes_per_round
+}
+
+/// The shortest standby interval (whole seconds, at least the default 60 s) that keeps
+/// an idle metered standby sending `bytes_per_round` under `budget_per_month` bytes.
+pub fn standby_interval_for_budget(bytes_per_round: u64, budget_per_month: u64) -> Duration {
+    let month = MONTH.as_secs();
+    let secs = (month * bytes_per_round).div_ceil(budget_per_month.max(1));
+    Duration::from_secs(secs).max(DEFAULT_STANDBY_INTERVAL)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

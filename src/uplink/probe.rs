@@ -246,6 +246,27 @@ pub fn tcp_probe_bytes(target: IpAddr, status: TargetStatus, elapsed: Duration) 
     }
 }
 
+/// Upper bound of the IP-level bytes (both directions) of one round to `targets`, for
+/// byte budgets: ICMP exact, TCP a completed handshake with our RST, DNS the query plus a
+/// 512-byte response (the most a server may send over UDP to a query without EDNS, which
+/// ours is).
+pub fn round_bytes_upper_bound(targets: &[Probe]) -> u64 {
+    targets
+        .iter()
+        .map(|probe| match *probe {
+            Probe::Icmp(addr) => 2 * icmp_echo_ip_bytes(addr),
+            Probe::Tcp(addr) => {
+                let (s, r) = tcp_probe_bytes(addr.ip(), TargetStatus::Answered, Duration::ZERO);
+                s + r
+            }
+            Probe::Dns(addr) => {
+                let ip = ip_header(addr.ip()) + UDP_HEADER;
+                ip + dns_query(0).len() as u64 + ip + 512
+            }
+        })
+        .sum()
+}
+
 /// An echo request: type, code, checksum (IPv4 only; the kernel fills it for ICMPv6),
 /// identifier, sequence, then nonce and round number.
 fn echo_request(v6: bool, id: u16, seq: u16, nonce: u32, round: u32) -> Vec<u8> {

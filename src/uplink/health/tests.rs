@@ -667,3 +667,36 @@ fn loss_ratio_counts_the_last_window_of_rounds() {
     assert!((f.loss_ratio - 0.25).abs() < 1e-9, "loss {}", f.loss_ratio);
     assert_eq!(f.state, State::Up, "isolated losses never fail a link");
 }
+
+#[test]
+fn standby_interval_for_budget_keeps_tcp_and_dns_targets_in_budget() {
+    use crate::uplink::probe::round_bytes_upper_bound;
+    use std::net::SocketAddr;
+    let budget = 10_000_000u64;
+    let targets = [
+        crate::config::Probe::Tcp(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 443)),
+        crate::config::Probe::Dns(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 53)),
+    ];
+    let per_round = round_bytes_upper_bound(&targets);
+    let at_default = standby_bytes_per_month(&defaults(), per_round);
+    assert!(
+        at_default > budget,
+        "{per_round} B/round: {at_default} B/month at 60 s"
+    );
+    let interval = standby_interval_for_budget(per_round, budget);
+    let params = HealthParams {
+        metered: true,
+        standby_interval: interval,
+        ..defaults()
+    };
+    let month = standby_bytes_per_month(&params, per_round);
+    eprintln!("TCPv6 + DNSv4: {per_round} B/round, standby {interval:?} -> {month} B/month");
+    assert!(month <= budget);
+    assert!(interval > DEFAULT_STANDBY_INTERVAL);
+    // ICMP-only targets keep the default.
+    let icmp = [crate::config::Probe::Icmp(Ipv4Addr::LOCALHOST.into()); 2];
+    assert_eq!(
+        standby_interval_for_budget(round_bytes_upper_bound(&icmp), budget),
+        DEFAULT_STANDBY_INTERVAL
+    );
+}
