@@ -11,6 +11,9 @@
 //! are while that uplink lives (sticky), only new flows go back.
 
 pub mod conntrack;
+pub mod health;
+pub mod monitor;
+pub mod probe;
 pub mod route;
 pub mod steer;
 pub mod watch;
