@@ -290,7 +290,6 @@ fn collect_and_check(format: ExportFormat, port: u16) {
     let status = nfcapd.stop();
     assert!(status.success(), "expected nfcapd to exit 0 on SIGTERM, got {status}");
     let file = capture_file(dir.path());
-    if std::env::var("EXPORT_DEBUG").is_ok() { let _ = fs::copy(&file, format!("/tmp/export_debug_{port}.nf")); }
 
     // nfdump: every record, with its addresses, ports, protocol and counts.
     let flows = nfdump_flows(&file);
