@@ -151,6 +151,15 @@ impl Encoder {
         }
     }
 
+    /// Re-anchors NetFlow's sysUptime (IPFIX carries epoch times and needs none).
+    pub fn set_boot_ms(&mut self, boot_ms: u64) {
+        match self {
+            Encoder::Ipfix(_) => {}
+            Encoder::Netflow9(e) => e.set_boot_ms(boot_ms),
+            Encoder::Netflow5(e) => e.set_boot_ms(boot_ms),
+        }
+    }
+
     pub fn stats(&self) -> EncoderStats {
         match self {
             Encoder::Ipfix(e) => e.stats(),
