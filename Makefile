@@ -2,7 +2,8 @@
 # the privileged tests create network namespaces and load eBPF programs.
 
 # Debian packages the build, the lab and the tests need.
-APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump openssl curl
+# nfdump (nfcapd) and tshark decode the flow export in tests/export_decode.rs.
+APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump openssl curl nfdump tshark
 
 CARGO ?= cargo
 # bash: the test recipe reads PIPESTATUS.
@@ -17,6 +18,7 @@ deps: check-root
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
+		echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "all Debian packages present"; fi
 
