@@ -366,24 +366,48 @@ impl Qos {
         for class in tree.classes() {
             conn.put_class(link.ifindex, class).await.map_err(|e| nl("put class", e))?;
         }
+        // Leaves already there (an adopted tree): the kernel changes a leaf in place
+        // only when the kind is the same, so a leaf of another kind goes first.
+        let existing = conn.qdiscs(link.ifindex).await.map_err(|e| nl("list qdiscs", e))?;
         for leaf in &tree.leaves {
             let (minor, major, limit) = (leaf.class.minor, leaf.lane.leaf_major(), leaf.fifo_limit);
-            match self.leaf {
-                Some(kind) => conn
-                    .put_leaf(link.ifindex, minor, major, kind.kind(), limit)
-                    .await
-                    .map_err(|e| nl("put leaf qdisc", e))?,
-                None => self.probe_leaf(conn, link, minor, major, limit).await?,
+            let mut present = existing
+                .iter()
+                .find(|q| q.handle == handle(major, 0) && q.parent == handle(ROOT_MAJOR, minor))
+                .map(|q| q.kind.clone());
+            let Some(kind) = self.leaf else {
+                self.probe_leaf(conn, link, minor, major, limit, present).await?;
+                continue;
+            };
+            if present.take().is_some_and(|k| k != kind.kind()) {
+                conn.del_leaf(link.ifindex, minor, major).await.map_err(|e| nl("delete leaf qdisc", e))?;
             }
+            conn.put_leaf(link.ifindex, minor, major, kind.kind(), limit)
+                .await
+                .map_err(|e| nl("put leaf qdisc", e))?;
         }
         Ok(())
     }
 
     /// The first leaf: tries each kind in preference order; the kernel answers
     /// ENOENT for a qdisc kind it does not have (EOPNOTSUPP when built without).
-    async fn probe_leaf(&mut self, conn: &mut Conn, link: &Link, minor: u16, major: u16, limit: u32) -> Result<(), QosError> {
+    /// `present`: the kind of a leaf of ours already there (adopted tree).
+    async fn probe_leaf(
+        &mut self,
+        conn: &mut Conn,
+        link: &Link,
+        minor: u16,
+        major: u16,
+        limit: u32,
+        mut present: Option<String>,
+    ) -> Result<(), QosError> {
+        let nl = |op, source| QosError::Netlink { op, iface: link.name.clone(), source };
         let mut tried = Vec::new();
         for kind in LeafKind::PREFERENCE {
+            if present.as_deref().is_some_and(|k| k != kind.kind()) {
+                conn.del_leaf(link.ifindex, minor, major).await.map_err(|e| nl("delete leaf qdisc", e))?;
+                present = None;
+            }
             match conn.put_leaf(link.ifindex, minor, major, kind.kind(), limit).await {
                 Ok(()) => {
                     if tried.is_empty() {
@@ -402,7 +426,7 @@ impl Qos {
                 Err(e) if e.is(libc::ENOENT) || e.is(libc::EOPNOTSUPP) => {
                     tried.push(format!("{}: {}", kind.kind(), std::io::Error::from_raw_os_error(e.errno.unwrap_or(0))));
                 }
-                Err(e) => return Err(QosError::Netlink { op: "put leaf qdisc", iface: link.name.clone(), source: e }),
+                Err(e) => return Err(nl("put leaf qdisc", e)),
             }
         }
         Err(QosError::NoLeafQdisc { iface: link.name.clone(), tried: tried.join(", ") })

@@ -241,6 +241,15 @@ impl Conn {
         self.ack(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE | NLM_F_REPLACE).await
     }
 
+    /// Deletes the leaf qdisc `major:` under class `1a1:class_minor`; HTB puts its
+    /// default pfifo back. Used only to change the kind of a leaf of ours.
+    pub async fn del_leaf(&mut self, ifindex: u32, class_minor: u16, major: u16) -> Result<(), NlError> {
+        let mut msg = TcMessage::with_index(ifindex as i32);
+        msg.header.parent = TcHandle { major: ROOT_MAJOR, minor: class_minor };
+        msg.header.handle = TcHandle { major, minor: 0 };
+        self.ack(RouteNetlinkMessage::DelQueueDiscipline(msg), 0).await
+    }
+
     /// Deletes the root qdisc of `ifindex` if, and only if, it is HTB with handle
     /// `1a1:` (the kernel checks handle and kind: ENOENT / EINVAL otherwise). The
     /// kernel then attaches the device's default qdisc again.
