@@ -2,8 +2,11 @@
 /*
  * lan_egress (TC, egress of each LAN interface): every frame the router sends to
  * a LAN client. Counts the interface, and matches replies to their flow by the
- * reversed tuple to count the download in the same entry. It never changes the
- * verdict: TC_ACT_UNSPEC lets the next program or the qdisc decide.
+ * reversed tuple to count the download in the same entry. In enforce mode it
+ * sets skb->priority from the flow, which picks the download queue (the HTB
+ * class) of the LAN interface's qdisc (src/qos), the way wan_egress does for the
+ * upload. It never changes the verdict: TC_ACT_UNSPEC lets the next program or
+ * the qdisc decide.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -19,6 +22,7 @@ int lan_egress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	struct il_settings *settings;
 	struct il_flow_key key;
 	struct il_flow *flow;
 	struct il_pkt pkt;
@@ -80,6 +84,14 @@ int lan_egress(struct __sk_buff *skb)
 		flow->first_down_payload_ns = bpf_ktime_get_ns();
 	if (pkt.frag != IL_FRAG_NONE)
 		flow->flags |= IL_FLOW_F_FRAGMENTS;
+	/* Download queue: TC egress runs before the device's qdisc, so the priority
+	 * set here selects the class. Unclassified flows (priority 0) keep theirs
+	 * and land in the default class. */
+	if (flow->priority) {
+		settings = il_settings();
+		if (settings && settings->enforce)
+			skb->priority = flow->priority;
+	}
 	return TC_ACT_UNSPEC;
 }
 

@@ -295,7 +295,17 @@ struct TcRun {
     verdict: u32,
     data_size_out: usize,
     out: Vec<u8>,
+    /// skb->priority after the run (ctx_out).
+    priority: u32,
 }
+
+/// struct __sk_buff as BPF_PROG_TEST_RUN takes it in ctx_in: only a few fields may
+/// be set (priority among them, at offset 32); the rest must be zero.
+const SKB_LEN: usize = 192;
+const SKB_PRIORITY: usize = 32;
+/// The priority a download packet carries into lan_egress in these runs: what the
+/// program must leave alone when it does not set one.
+const PRIORITY_IN: u32 = 7;
 
 struct Harness {
     dp: Datapath,
@@ -413,10 +423,15 @@ impl Harness {
         let prog: &SchedClassifier = prog
             .try_into()
             .unwrap_or_else(|_| panic!("expected {PROG_LAN_EGRESS} to be a TC classifier"));
+        let mut ctx_in = [0u8; SKB_LEN];
+        ctx_in[SKB_PRIORITY..SKB_PRIORITY + 4].copy_from_slice(&PRIORITY_IN.to_ne_bytes());
+        let mut ctx_out = [0u8; SKB_LEN];
         let res = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
                 repeat: 1,
                 ..TestRunOptions::default()
             })
@@ -431,6 +446,7 @@ impl Harness {
             verdict: res.return_value,
             data_size_out: res.data_size_out as usize,
             out,
+            priority: u32::from_ne_bytes(ctx_out[SKB_PRIORITY..SKB_PRIORITY + 4].try_into().unwrap()),
         }
     }
 
@@ -1344,6 +1360,15 @@ fn run_case(h: &mut Harness, c: &Case, enforce: bool) -> Result<(), String> {
         let run = h.egress(frame);
         check_egress(&run, frame)
             .map_err(|e| format!("download packet {i} via lan_egress: {e}"))?;
+        // Enforce mode: the flow's queue for the LAN interface's qdisc (src/qos).
+        let want_priority = if enforce && c.want.priority != 0 { c.want.priority } else { PRIORITY_IN };
+        if run.priority != want_priority {
+            return Err(format!(
+                "download packet {i} via lan_egress: expected skb->priority {want_priority:#x} \
+                 (enforce {enforce}, flow priority {:#x}), saw {:#x}",
+                c.want.priority, run.priority
+            ));
+        }
     }
     let seen = stats_delta(&h.stats(), &before);
     let blocked = enforce && c.want.verdict == VERDICT_BLOCK;
