@@ -4,6 +4,7 @@
 
 pub mod abi;
 mod clsact;
+pub mod fs;
 pub mod maps;
 
 use std::collections::BTreeMap;
