@@ -393,3 +393,23 @@ fn mode_string(mode: u32) -> String {
         })
         .collect()
 }
+
+#[test]
+fn control_socket_is_private_to_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run-inferlane");
+    let path = run_dir.join("control.sock");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut socket = rt.block_on(async { inferlane::control::server::ControlSocket::bind(&path) }).unwrap();
+    let meta = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(p).unwrap();
+        (m.mode() & 0o7777, m.uid())
+    };
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(meta(&path), (0o600, euid), "socket mode and owner (0o600 = 384)");
+    assert_eq!(meta(&run_dir), (0o700, euid), "the directory the daemon made for it (0o700 = 448)");
+    socket.remove().unwrap();
+    assert!(!path.exists() && !run_dir.exists(), "remove() takes the socket and the directory it made");
+}
