@@ -1,15 +1,21 @@
 # inferlane build, test, lab and benchmark entry points. Run as root: the lab and
 # the privileged tests create network namespaces and load eBPF programs.
 
-# Debian packages the build, the lab and the tests need.
-# nfdump (nfcapd) and tshark decode the flow export in tests/export_decode.rs.
-APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump openssl curl nfdump tshark
+# Debian packages the build, the lab and the tests need. nfdump (nfcapd) and tshark
+# decode the flow export in tests/export_decode.rs; systemd: systemd-analyze (unit
+# checks); dpkg-dev: dpkg-shlibdeps (the package's Depends); init-system-helpers:
+# deb-systemd-helper (the package's maintainer scripts).
+APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump openssl curl \
+	nfdump tshark systemd dpkg-dev init-system-helpers
+
+# cargo-deb builds the Debian package; pinned to a version that builds with Rust 1.95.
+CARGO_DEB_VERSION := 3.8.0
 
 CARGO ?= cargo
 # bash: the test recipe reads PIPESTATUS.
 SHELL := /bin/bash
 
-.PHONY: deps build release lab test test-unit check-root check-clean bench fuzz clean
+.PHONY: deps build release deb cargo-deb lab test test-unit check-root check-clean bench fuzz clean
 
 ## deps: install the Debian packages that are missing (apt-get update only if needed)
 deps: check-root
@@ -28,12 +34,22 @@ build: deps
 release: deps
 	$(CARGO) build --release
 
+## cargo-deb: install cargo-deb (pinned) unless that version is already there
+cargo-deb:
+	@cargo-deb --version 2>/dev/null | grep -q " $(CARGO_DEB_VERSION)$$" || \
+		$(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked
+
+## deb: the Debian package from a release build, in target/debian/
+deb: deps cargo-deb
+	$(CARGO) deb --locked
+	@ls -1 target/debian/*.deb
+
 ## lab: build, then build the namespace lab, run the daemon in it, drive traffic, report, tear down
 lab: build
 	./target/debug/inferlane lab
 
 ## test: every test, privileged ones included; a privileged test that cannot run fails
-test: deps
+test: deps cargo-deb
 	@mkdir -p target
 	$(CARGO) build --all-targets
 	INFERLANE_REQUIRE_PRIVILEGED=1 $(CARGO) test --lib --bins --tests 2>&1 | tee target/test.log; \
@@ -46,15 +62,17 @@ test: deps
 ## test-unit: the tests that need no root (config, parsers, encoders)
 test-unit:
 	$(CARGO) test --lib --test config_check
+	$(CARGO) test --test packaging -- unit_ config_writable
 
 check-root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (apt-get, network namespaces, eBPF)"; exit 1; }
 
-## check-clean: fail if tests left namespaces (il*), inferlane pins or programs behind
+## check-clean: fail if tests left namespaces (il*), inferlane pins, programs or the package behind
 check-clean:
 	@left=""; \
 	ns=$$(ip netns list 2>/dev/null | awk '$$1 ~ /^il[0-9]+[a-z]+-/ {print $$1}'); [ -z "$$ns" ] || left="$$left namespaces: $$ns;"; \
 	[ ! -e /sys/fs/bpf/inferlane ] || left="$$left pins under /sys/fs/bpf/inferlane;"; \
+	! dpkg-query -W -f='$${db:Status-Abbrev}' inferlane 2>/dev/null | grep -q '^[a-z]' || left="$$left the inferlane package (dpkg -P inferlane);"; \
 	progs=$$(bpftool prog show 2>/dev/null | grep -cE ' name (lan_ingress|lan_ingress_tc|lan_egress|wan_egress) ' || true); \
 	[ "$$progs" = 0 ] || left="$$left $$progs inferlane programs still loaded;"; \
 	if [ -n "$$left" ]; then echo "error: left behind:$$left"; exit 1; fi; echo "nothing left behind"

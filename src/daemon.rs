@@ -803,11 +803,28 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
     // The control socket first: it is also the single-instance lock, so a second
     // daemon is refused before it touches any kernel object of the first.
     let mut socket = ControlSocket::bind(&prepared.config.daemon.control_socket)?;
+    // Pins need a bpffs. systemd mounts one at boot; elsewhere we do (nothing is
+    // pinned yet, so a missing one is only a warning).
+    let bpffs = match crate::bpf::fs::ensure(Path::new(crate::bpf::fs::BPFFS)) {
+        Ok(fs) => {
+            if fs.mounted_by_us {
+                tracing::info!(path = %fs.path.display(), "mounted the bpffs");
+            }
+            Some(fs)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no bpffs: nothing can be pinned");
+            None
+        }
+    };
     let datapath = match start_datapath(&prepared) {
         Ok(dp) => dp,
         Err(e) => {
             if let Err(re) = socket.remove() {
                 tracing::error!(error = %re, "remove control socket");
+            }
+            if let Some(Err(re)) = bpffs.map(|fs| fs.release()) {
+                tracing::error!(error = %re, "release the bpffs");
             }
             return Err(e);
         }
@@ -957,6 +974,9 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         if let Err(e) = socket.remove() {
             errors.push(e.to_string());
         }
+    }
+    if let Some(Err(e)) = bpffs.map(|fs| fs.release()) {
+        errors.push(e.to_string());
     }
     if errors.is_empty() {
         tracing::info!("stopped cleanly");

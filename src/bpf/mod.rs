@@ -5,6 +5,7 @@
 pub mod abi;
 mod batch;
 mod clsact;
+pub mod fs;
 pub mod maps;
 mod steer;
 

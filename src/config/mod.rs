@@ -18,6 +18,7 @@ use thiserror::Error;
 use toml::de::DeTable;
 
 mod locate;
+mod perm;
 mod schema;
 mod units;
 mod validate;
@@ -38,6 +39,10 @@ pub enum ConfigError {
     // error reporters that walk the chain would print it twice.
     #[error("{file}: cannot read: {error}")]
     Read { file: String, error: std::io::Error },
+    /// The file could be changed by someone other than root or the user running
+    /// inferlane (group/other-writable, or a foreign owner), so it is not read.
+    #[error("{file}: {message}")]
+    Untrusted { file: String, message: String },
     /// Bad syntax, shape or meaning at a place in the file. `line` and `col` are
     /// 1-based; `col` counts characters.
     #[error("{file}:{line}:{col}: {message}")]
@@ -52,14 +57,16 @@ pub enum ConfigError {
 impl ConfigError {
     pub fn file(&self) -> &str {
         match self {
-            ConfigError::Read { file, .. } | ConfigError::Invalid { file, .. } => file,
+            ConfigError::Read { file, .. } | ConfigError::Untrusted { file, .. } | ConfigError::Invalid { file, .. } => {
+                file
+            }
         }
     }
 
-    /// `(line, col)`, or `None` when the file could not be read.
+    /// `(line, col)`, or `None` when the file could not be (or was not) read.
     pub fn position(&self) -> Option<(usize, usize)> {
         match self {
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Untrusted { .. } => None,
             ConfigError::Invalid { line, col, .. } => Some((*line, *col)),
         }
     }
@@ -68,7 +75,7 @@ impl ConfigError {
     pub fn message(&self) -> String {
         match self {
             ConfigError::Read { error, .. } => format!("cannot read: {error}"),
-            ConfigError::Invalid { message, .. } => message.clone(),
+            ConfigError::Untrusted { message, .. } | ConfigError::Invalid { message, .. } => message.clone(),
         }
     }
 }
@@ -92,16 +99,21 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Reads, parses and validates the file at `path`.
+/// Reads, parses and validates the file at `path`. A file that others could
+/// change is refused before it is parsed (see `perm`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with_source(path).map(|(config, _)| config)
+}
+
+/// Reads the file at `path` if only root or the running user can change it.
+fn read_trusted(path: &Path) -> Result<String, ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        ConfigErrors(vec![ConfigError::Read {
-            file: file.clone(),
-            error,
+    perm::read_trusted(path).map_err(|e| {
+        ConfigErrors(vec![match e {
+            perm::ReadError::Io(error) => ConfigError::Read { file, error },
+            perm::ReadError::Untrusted(perm::Untrusted(message)) => ConfigError::Untrusted { file, message },
         }])
-    })?;
-    parse(&text, &file)
+    })
 }
 
 /// The text a config was parsed from, kept so that errors found after parsing
@@ -142,8 +154,7 @@ impl Source {
 /// Like [`load`], also returning the text for locating later errors.
 pub fn load_with_source(path: &Path) -> Result<(Config, Source), ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| ConfigErrors(vec![ConfigError::Read { file: file.clone(), error }]))?;
+    let text = read_trusted(path)?;
     let config = parse(&text, &file)?;
     Ok((config, Source { text, origin: file }))
 }

@@ -25,7 +25,8 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Bind `path` with mode 0600. A stale socket left by a killed daemon is
+    /// Bind `path` with mode 0600 (a directory we create for it gets 0700, as
+    /// the unit's RuntimeDirectoryMode). A stale socket left by a killed daemon is
     /// replaced; a live one (another daemon answers) is an error.
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
         let p = path.display().to_string();
@@ -37,7 +38,7 @@ impl ControlSocket {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 std::fs::create_dir_all(dir).map_err(io("create directory"))?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io("chmod directory"))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod directory"))?;
                 created_dir = Some(dir.to_path_buf());
             }
         }
