@@ -2,7 +2,7 @@
 # the privileged tests create network namespaces and load eBPF programs.
 
 # Debian packages the build, the lab and the tests need.
-APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump openssl curl
+APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump openssl curl prometheus python3-prometheus-client
 
 CARGO ?= cargo
 # bash: the test recipe reads PIPESTATUS.

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod flows;
+pub mod metrics;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
