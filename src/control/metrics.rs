@@ -55,6 +55,11 @@ const RTT_BUCKETS: [f64; 11] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 const TTFB_BUCKETS: [f64; 12] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0];
 
 type Labels = Vec<(&'static str, String)>;
+
+/// Produces the OpenMetrics text of the daemon's state now, or says why it
+/// cannot (a map read failed): the scrape then gets a 500, and Prometheus marks
+/// it failed rather than storing an empty one.
+pub type Snapshot = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 fn rtt_histogram() -> Histogram {
@@ -371,7 +376,7 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener, MetricsError> {
 /// Bind `listen` and serve until `shutdown` flips to true. See [`serve_listener`].
 pub async fn serve_metrics(
     listen: SocketAddr,
-    snapshot: Arc<dyn Fn() -> String + Send + Sync>,
+    snapshot: Snapshot,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), MetricsError> {
     let listener = bind(listen).await?;
@@ -391,7 +396,7 @@ pub async fn serve_metrics(
 /// router binary for that, and still need the same limits configured.
 pub async fn serve_listener(
     listener: TcpListener,
-    snapshot: Arc<dyn Fn() -> String + Send + Sync>,
+    snapshot: Snapshot,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
@@ -456,7 +461,7 @@ pub fn route(head: &str) -> Route {
     Route::Metrics { head_only, openmetrics }
 }
 
-async fn answer(mut stream: TcpStream, snapshot: Arc<dyn Fn() -> String + Send + Sync>) {
+async fn answer(mut stream: TcpStream, snapshot: Snapshot) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let head = loop {
@@ -464,18 +469,28 @@ async fn answer(mut stream: TcpStream, snapshot: Arc<dyn Fn() -> String + Send +
             Ok(0) | Err(_) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+        if let Some(end) = end.filter(|&e| e <= MAX_REQUEST) {
             break String::from_utf8_lossy(&buf[..end]).into_owned();
         }
-        if buf.len() > MAX_REQUEST {
+        if end.is_some() || buf.len() > MAX_REQUEST + 3 {
             let _ = respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"request too large\n", false).await;
+            // Read (and drop) what the client is still sending before closing:
+            // closing with unread data sends a reset, which can destroy the
+            // answer before the client reads it. Bounded by the client timeout.
+            let _ = tokio::io::copy(&mut (&mut stream).take(1 << 20), &mut tokio::io::sink()).await;
             return;
         }
     };
     match route(&head) {
         Route::Metrics { head_only, openmetrics } => {
             let text = match tokio::task::spawn_blocking(move || snapshot()).await {
-                Ok(t) => t,
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "metrics snapshot");
+                    let _ = respond(&mut stream, "500 Internal Server Error", "text/plain", b"snapshot failed\n", false).await;
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics snapshot");
                     let _ = respond(&mut stream, "500 Internal Server Error", "text/plain", b"snapshot failed\n", false).await;

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod flows;
 pub mod metrics;
+pub mod top;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
