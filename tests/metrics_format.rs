@@ -346,3 +346,39 @@ fn openmetrics_parser_accepts_it() {
     let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
     assert_eq!(openmetrics_valid(&text), families);
 }
+
+#[test]
+fn top_frame_shows_uplinks_classes_providers_and_flows() {
+    use inferlane::control::top::{render_text, Model};
+    use std::time::{Duration, Instant};
+    let mut model = Model::default();
+    let t0 = Instant::now();
+    let mut st = status();
+    model.update(st.clone(), flows(), t0);
+    // One second later the fiber has moved 1 MB more upload: 8 Mbit/s.
+    st.uplinks[0].counters.up_bytes += 1_000_000;
+    model.update(st, flows(), t0 + Duration::from_secs(1));
+    let frame = render_text(&model, 160, 30);
+    let row = |name: &str| {
+        frame
+            .lines()
+            .find(|l| l.trim_start_matches('│').trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name} in:\n{frame}"))
+            .to_string()
+    };
+    let fiber = row("fiber");
+    for want in ["wan0", " up ", "8.0Mb/s", "carrier up"] {
+        assert!(fiber.contains(want), "expected {want:?} in the fiber row {fiber:?}");
+    }
+    let lte = row("lte");
+    assert!(lte.contains("DOWN") && lte.contains("carrier lost"), "{lte:?}");
+    // Classes and providers share a line; interactive: 2 flows, 1.2k up, 5.8k down.
+    let interactive = row("interactive");
+    for want in ["interactive", "2", "1.2k", "5.8k", "openai", "11.5", "300.0"] {
+        assert!(interactive.contains(want), "expected {want:?} in {interactive:?}");
+    }
+    // The busiest flow first: the 1000/5000-byte one.
+    let flows_at = frame.find("busiest flows (3 live)").unwrap_or_else(|| panic!("{frame}"));
+    let first = frame[flows_at..].lines().nth(2).unwrap();
+    assert!(first.contains("10.0.0.2:40000") && first.contains("192.0.2.10:443") && first.contains("sni"), "{first:?}\n{frame}");
+}

@@ -121,7 +121,8 @@ fn median(v: &mut [u64]) -> Option<u64> {
         return None;
     }
     v.sort_unstable();
-    Some(v[v.len() / 2])
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 0 { (v[m - 1] + v[m]) / 2 } else { v[m] })
 }
 
 fn group(flows: &[FlowInfo], key: impl Fn(&FlowInfo) -> String) -> Vec<(String, Group)> {
