@@ -4,9 +4,10 @@
 # Debian packages the build, the lab and the tests need. nfdump (nfcapd) and tshark
 # decode the flow export in tests/export_decode.rs; systemd: systemd-analyze (unit
 # checks); dpkg-dev: dpkg-shlibdeps (the package's Depends); init-system-helpers:
-# deb-systemd-helper (the package's maintainer scripts).
+# deb-systemd-helper (the package's maintainer scripts); prometheus: promtool and
+# python3-prometheus-client: the metrics format checks.
 APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump openssl curl \
-	nfdump tshark systemd dpkg-dev init-system-helpers
+	nfdump tshark systemd dpkg-dev init-system-helpers prometheus python3-prometheus-client
 
 # cargo-deb builds the Debian package; pinned to a version that builds with Rust 1.95.
 CARGO_DEB_VERSION := 3.8.0

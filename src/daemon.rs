@@ -39,6 +39,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::control::metrics::MetricsError),
     #[error("teardown: {}", .0.join("; "))]
     Teardown(Vec<String>),
 }
@@ -740,6 +742,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), String> {
     if old.routing != new.routing {
         changed.push("routing");
     }
+    if old.metrics != new.metrics {
+        changed.push("metrics");
+    }
     if changed.is_empty() {
         Ok(())
     } else {
@@ -816,6 +821,19 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
             tracing::warn!(error = %e, "no bpffs: nothing can be pinned");
             None
         }
+    };
+    // The metrics port too, before any kernel object: a taken port is a start error.
+    let metrics_listener = match &prepared.config.metrics {
+        Some(m) => match crate::control::metrics::bind(m.listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                if let Err(re) = socket.remove() {
+                    tracing::error!(error = %re, "remove control socket");
+                }
+                return Err(e.into());
+            }
+        },
+        None => None,
     };
     let datapath = match start_datapath(&prepared) {
         Ok(dp) => dp,
@@ -911,6 +929,17 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
             .map_err(DaemonError::Runtime)?
     };
     let lifecycle = tokio::spawn(flow_lifecycle(state.clone(), shutdown_rx.clone()));
+    let metrics = metrics_listener.map(|listener| {
+        let st = state.clone();
+        let exporter = crate::control::metrics::Exporter::default();
+        let snapshot: crate::control::metrics::Snapshot = Arc::new(move || {
+            let status = st.status().map_err(|e| e.to_string())?;
+            let flows = st.flows().map_err(|e| e.to_string())?;
+            Ok(exporter.render(&status, &flows))
+        });
+        tracing::info!(listen = ?listener.local_addr().ok(), "serving metrics");
+        tokio::spawn(crate::control::metrics::serve_listener(listener, snapshot, shutdown_rx.clone()))
+    });
     let handler: Arc<dyn Handler> = state.clone();
     let control = tokio::spawn(async move {
         socket.serve(handler, shutdown_rx).await;
@@ -945,6 +974,9 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         if let Err(e) = learner.await {
             errors.push(format!("learning task: {e}"));
         }
+    }
+    if let Some(Err(e)) = match metrics { Some(m) => Some(m.await), None => None } {
+        errors.push(format!("metrics task: {e}"));
     }
     let socket = match control.await {
         Ok(socket) => Some(socket),

@@ -48,6 +48,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of classes, providers, uplinks and the busiest flows (q quits).
+    Top {
+        #[command(flatten)]
+        target: SocketArgs,
+        /// Print one frame as plain text and exit (no raw mode: for scripts and tests).
+        #[arg(long)]
+        once: bool,
+        /// Width and height of the --once frame.
+        #[arg(long, value_name = "COLSxROWS", default_value = "160x40", value_parser = parse_size)]
+        size: (u16, u16),
+    },
     /// Make the running daemon re-read its config (as SIGHUP does); exit 1 if refused.
     Reload {
         #[command(flatten)]
@@ -148,6 +159,29 @@ fn main() -> ExitCode {
                 other => unexpected(other),
             }
         }
+        Command::Top { target, once, size } => {
+            let path = match target.resolve() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            if once {
+                let mut model = control::top::Model::default();
+                model.refresh(&path);
+                if let Some(e) = &model.error {
+                    eprintln!("inferlane: {e}");
+                    return ExitCode::FAILURE;
+                }
+                print!("{}", control::top::render_text(&model, size.0, size.1));
+                return ExitCode::SUCCESS;
+            }
+            match control::top::run(&path, std::time::Duration::from_secs(1)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("inferlane top: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Reload { target } => {
             let path = match target.resolve() {
                 Ok(p) => p,
@@ -193,6 +227,12 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn parse_size(s: &str) -> Result<(u16, u16), String> {
+    let (w, h) = s.split_once('x').ok_or("expected COLSxROWS, like 160x40")?;
+    let n = |v: &str| v.parse::<u16>().ok().filter(|&n| (20..=1000).contains(&n)).ok_or(format!("{v}: 20 to 1000"));
+    Ok((n(w)?, n(h)?))
 }
 
 fn unexpected(answer: Result<Response, control::ControlError>) -> ExitCode {

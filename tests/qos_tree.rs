@@ -37,6 +37,8 @@ fn config(egress: &str, ingress: Option<&str>) -> Config {
             interface: WAN.into(),
             priority: 10,
             metered: false,
+            weight: 1,
+            gateways: Vec::new(),
             egress_rate: Some(rate(egress)),
             ingress_rate: ingress.map(rate),
             health: None,

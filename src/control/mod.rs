@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod flows;
+pub mod metrics;
+pub mod top;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -298,6 +298,8 @@ mod tests {
             interface: format!("{name}0"),
             priority,
             metered: false,
+            weight: 1,
+            gateways: Vec::new(),
             egress_rate: egress.map(rate),
             ingress_rate: ingress.map(rate),
             health: None,

@@ -65,6 +65,10 @@ pub struct UplinkStatus {
     pub counters: UplinkCounters,
     /// Classes whose new flows go here now (shared ones included).
     pub carries: Vec<String>,
+    /// Times it went down since the daemon started (monotonic, unlike the
+    /// bounded switch history): the failover counter of the metrics.
+    #[serde(default)]
+    pub downs: u64,
 }
 
 struct State {
@@ -72,6 +76,7 @@ struct State {
     carrier: bool,
     reason: String,
     since: SystemTime,
+    downs: u64,
 }
 
 /// The uplinks of the config in force: their routing, their state, and the
@@ -108,6 +113,7 @@ impl Uplinks {
                     carrier,
                     reason: if carrier { "carrier up at start".into() } else { "no carrier at start".into() },
                     since: now,
+                    downs: 0,
                 }
             })
             .collect();
@@ -184,6 +190,9 @@ impl Uplinks {
         s.usable = usable;
         s.reason = reason.to_string();
         s.since = SystemTime::now();
+        if !usable {
+            s.downs += 1;
+        }
         let name = self.config.uplinks[index].name.clone();
         let pinned = {
             let mut guard = dp.lock().unwrap_or_else(|p| p.into_inner());
@@ -266,6 +275,7 @@ impl Uplinks {
                     flows: flow_uplinks.iter().filter(|&&n| usize::from(n) == i + 1).count() as u64,
                     counters: dp.uplink_counters(i).unwrap_or_default(),
                     carries,
+                    downs: s.downs,
                 }
             })
             .collect()
