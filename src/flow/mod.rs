@@ -287,7 +287,7 @@ mod tests {
     }
 
     fn t() -> Timeouts {
-        Timeouts { active: Duration::from_secs(60), inactive: Duration::from_secs(15), ..Timeouts::default() }
+        Timeouts { active: Duration::from_secs(60), inactive: Duration::from_secs(15), tcp_linger: Duration::from_secs(2), ..Timeouts::default() }
     }
 
     #[test]
