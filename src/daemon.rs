@@ -660,11 +660,13 @@ impl State {
 /// Carrier, address and route events for the uplinks, until shutdown. Health
 /// probes feed the same state (see uplink::health).
 async fn uplink_events(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    use crate::uplink::monitor::{ReportKind, UplinkInput};
     use crate::uplink::watch::Event;
-    if state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+    let Some(config) = state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|u| u.config().clone())
+    else {
         let _ = shutdown.changed().await;
         return;
-    }
+    };
     let (mut events, task) = match crate::uplink::watch::subscribe() {
         Ok(x) => x,
         Err(e) => {
@@ -673,37 +675,140 @@ async fn uplink_events(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
             return;
         }
     };
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.changed() => break,
-            e = events.recv() => match e { Some(e) => e, None => break },
+    // One health task per uplink with probes; their reports come back here.
+    let (report_tx, mut reports) = tokio::sync::mpsc::channel(64);
+    let mut inputs: Vec<Option<tokio::sync::mpsc::Sender<UplinkInput>>> = Vec::new();
+    let mut monitors = Vec::new();
+    for (i, uplink) in config.uplinks.iter().enumerate() {
+        let Some(health) = uplink.health.as_ref().filter(|h| !h.probes.is_empty()) else {
+            inputs.push(None);
+            continue;
         };
-        match event {
-            Event::Link { iface, carrier } => state.uplink_carrier(&iface, carrier, if carrier { "carrier up" } else { "carrier lost" }),
-            Event::Gone { iface } => state.uplink_carrier(&iface, false, "interface removed"),
-            Event::Address { ifindex, added } => {
-                let iface = nix::net::if_::if_indextoname(ifindex).ok().and_then(|n| n.into_string().ok());
-                if let Some(iface) = iface {
-                    if !added && crate::uplink::watch::global_addresses(ifindex).await.unwrap_or(1) == 0 {
-                        state.uplink_carrier(&iface, false, "last address removed");
+        let cfg = crate::uplink::probe::ProberConfig::new(
+            &uplink.name,
+            &uplink.interface,
+            crate::uplink::route::uplink_mark(i),
+            health.probes.clone(),
+        );
+        match crate::uplink::probe::Prober::new(cfg) {
+            Ok(prober) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                let params = crate::uplink::health::HealthParams::from_config(health, uplink.metered);
+                if !state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|u| u.carrier(i)) {
+                    let _ = tx.try_send(UplinkInput::Link(crate::uplink::health::LinkEvent::CarrierDown));
+                }
+                monitors.push(tokio::spawn(crate::uplink::monitor::run(
+                    uplink.name.clone(),
+                    params,
+                    prober,
+                    rx,
+                    shutdown.clone(),
+                    report_tx.clone(),
+                )));
+                inputs.push(Some(tx));
+            }
+            Err(e) => {
+                tracing::error!(uplink = %uplink.name, error = %e, "health probes unavailable: judged by carrier alone");
+                inputs.push(None);
+            }
+        }
+    }
+    drop(report_tx);
+    let send = |i: usize, input: UplinkInput| {
+        if let Some(Some(tx)) = inputs.get(i) {
+            let _ = tx.try_send(input);
+        }
+    };
+    // Passive evidence and "carrying flows", from the datapath's per-uplink
+    // counters, once a second.
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut last: Vec<crate::bpf::abi::UplinkCounters> = vec![Default::default(); config.uplinks.len()];
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {
+                let now = std::time::Instant::now();
+                let counters: Vec<_> = {
+                    let dp = state.datapath();
+                    (0..config.uplinks.len()).map(|i| dp.uplink_counters(i).unwrap_or_default()).collect()
+                };
+                for (i, c) in counters.iter().enumerate() {
+                    if c.down_packets > last[i].down_packets {
+                        send(i, UplinkInput::Passive(now));
+                    }
+                    send(i, UplinkInput::CarryingFlows(c.up_packets > last[i].up_packets));
+                }
+                last = counters;
+            }
+            r = reports.recv() => {
+                let Some(report) = r else { continue };
+                let mut guard = state.uplinks.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(u) = guard.as_mut() else { continue };
+                let Some(index) = config.uplinks.iter().position(|x| x.name == report.uplink) else { continue };
+                u.set_health(index, crate::uplink::HealthSummary::of(&report));
+                if let ReportKind::Transition(t) = &report.kind {
+                    let up = t.to == crate::uplink::health::State::Up;
+                    let down = t.to == crate::uplink::health::State::Down;
+                    // Up needs the carrier too; Unknown (start) changes nothing.
+                    if (up && u.carrier(index)) || down {
+                        if let Err(e) = u.set_usable(index, up, &t.reason.to_string(), &state.datapath) {
+                            tracing::error!(error = %e, uplink = %report.uplink, "uplink state");
+                        }
                     }
                 }
             }
-            Event::Route => {
-                // Gateways may have changed (DHCP); cheap when nothing did.
-                let taken = state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(mut u) = taken {
-                    for i in 0..u.interfaces().len() {
-                        if let Err(e) = u.refresh_routes(i).await {
-                            tracing::warn!(error = %e, "uplink gateway refresh");
+            e = events.recv() => {
+                let Some(event) = e else { break };
+                match event {
+                    Event::Link { iface, carrier } => {
+                        if let Some(i) = config.uplinks.iter().position(|u| u.interface == iface) {
+                            use crate::uplink::health::LinkEvent;
+                            send(i, UplinkInput::Link(if carrier { LinkEvent::CarrierUp } else { LinkEvent::CarrierDown }));
+                        }
+                        state.uplink_carrier(&iface, carrier, if carrier { "carrier up" } else { "carrier lost" })
+                    }
+                    Event::Gone { iface } => state.uplink_carrier(&iface, false, "interface removed"),
+                    Event::Address { ifindex, added } => {
+                        let iface = nix::net::if_::if_indextoname(ifindex).ok().and_then(|n| n.into_string().ok());
+                        if let Some(iface) = iface {
+                            let index = config.uplinks.iter().position(|u| u.interface == iface);
+                            if !added && crate::uplink::watch::global_addresses(ifindex).await.unwrap_or(1) == 0 {
+                                if let Some(i) = index {
+                                    send(i, UplinkInput::Link(crate::uplink::health::LinkEvent::AddressRemoved));
+                                }
+                                state.uplink_carrier(&iface, false, "last address removed");
+                            } else if added {
+                                if let Some(i) = index {
+                                    send(i, UplinkInput::Link(crate::uplink::health::LinkEvent::AddressAdded));
+                                }
+                                // Undo an "address removed" down, if the link is up.
+                                let carrier = crate::uplink::watch::carriers(std::slice::from_ref(&iface)).await.map(|c| c[0]).unwrap_or(false);
+                                if carrier {
+                                    state.uplink_carrier(&iface, true, "address back");
+                                }
+                            }
                         }
                     }
-                    *state.uplinks.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
+                    Event::Route => {
+                        // Gateways may have changed (DHCP); cheap when nothing did.
+                        let taken = state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        if let Some(mut u) = taken {
+                            for i in 0..u.interfaces().len() {
+                                if let Err(e) = u.refresh_routes(i).await {
+                                    tracing::warn!(error = %e, "uplink gateway refresh");
+                                }
+                            }
+                            *state.uplinks.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
+                        }
+                    }
                 }
             }
         }
     }
     task.abort();
+    for m in monitors {
+        let _ = m.await;
+    }
 }
 
 impl State {

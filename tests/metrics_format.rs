@@ -31,6 +31,7 @@ fn uplink(name: &str, iface: &str, up: bool, reason: &str, c: UplinkCounters, fl
         counters: c,
         carries: vec![],
         downs,
+        health: None,
     }
 }
 

@@ -214,7 +214,14 @@ fn carrier_loss_moves_interactive_flows_and_keeps_bulk_off_the_lte() {
     assert!(t4 < Duration::from_millis(1000) && t6 < Duration::from_millis(1000), "expected failover in < 1 s, saw IPv4 {t4:?} IPv6 {t6:?}");
     // The flow stays on the lte after the fiber is back (sticky)...
     let sticky: Vec<_> = a4.iter().filter(|x| x.at > restored + Duration::from_millis(100) && x.seq < 1_000_000).collect();
-    assert!(!sticky.is_empty() && sticky.iter().all(|x| x.from == lte4), "expected the IPv4 stream to stay on the lte after failback");
+    assert!(
+        !sticky.is_empty() && sticky.iter().all(|x| x.from == lte4),
+        "expected the IPv4 stream to stay on the lte after failback, saw {} packets, {} from the lte, first other {:?}\n{}",
+        sticky.len(),
+        sticky.iter().filter(|x| x.from == lte4).count(),
+        sticky.iter().find(|x| x.from != lte4).map(|x| (x.from, x.seq, x.at - restored)),
+        log
+    );
     // ...and a new flow takes the fiber.
     let fresh: Vec<_> = a4.iter().filter(|x| x.seq >= 1_000_000).collect();
     assert!(!fresh.is_empty() && fresh.iter().all(|x| x.from == fiber4), "expected the new flow on the fiber, saw {fresh:?}");
@@ -243,5 +250,76 @@ fn carrier_loss_moves_interactive_flows_and_keeps_bulk_off_the_lte() {
     daemon.stop(Duration::from_secs(10)).unwrap();
     let after = routing_state(&lab);
     assert_eq!(after, before, "expected the routing state as before the daemon started");
+    lab.teardown().unwrap();
+}
+
+/// A silent blackout: the fiber keeps its carrier, but its ISP drops everything.
+/// Health probes (300 ms, 3 misses) take the fiber down and the interactive
+/// stream moves to the lte within 2 s; when the ISP recovers, the fiber comes back
+/// only after the hold (up_after good rounds), and the stream stays on the lte.
+#[test]
+fn silent_blackout_is_detected_by_probes_and_failback_waits_for_the_hold() {
+    if !require_root_or_skip("silent_blackout_is_detected_by_probes_and_failback_waits_for_the_hold") {
+        return;
+    }
+    let work = WorkDir::new("blackout").unwrap();
+    let lab = Lab::build(&LabOptions::default()).unwrap();
+    let socket = work.path().join("control.sock");
+    let s4 = addr::SERVER_V4;
+    // Probes to two inet addresses, through each uplink's own table.
+    let health = format!("health = {{ probes = [\"icmp:{s4}\", \"icmp:{}\"], interval = \"300ms\", down_after = 3, up_after = 10 }}\n", addr::DNS_V4);
+    let base = lab_config_base(&socket, "flow_table_size = 4096")
+        .replace("priority = 10\n", &format!("priority = 10\n{health}"))
+        .replace("priority = 20\n", &format!("priority = 20\n{health}"));
+    let cfg = format!("{base}\n[[rules]]\nclass = \"interactive\"\ndestinations = [\"{s4}/32\"]\nports = [\"udp:9000\"]\n");
+    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &cfg).unwrap();
+    let fiber4: IpAddr = addr::ROUTER_WAN1_V4.addr.into();
+    let lte4: IpAddr = addr::ROUTER_WAN2_V4.addr.into();
+    let stop = AtomicBool::new(false);
+    let (cut, healed, arrivals) = std::thread::scope(|sc| {
+        let sink_t = sc.spawn(|| sink(&lab, SocketAddr::new(s4.into(), 9000), &stop));
+        std::thread::sleep(Duration::from_millis(200));
+        let stream_t = sc.spawn(|| stream(&lab, SocketAddr::new(s4.into(), 9000), &stop));
+        std::thread::sleep(Duration::from_secs(1));
+        let cut = Instant::now();
+        lab.ns(Role::Isp1)
+            .nft("table inet blackout {\n chain forward_all { type filter hook forward priority 0; policy drop; }\n chain input_all { type filter hook input priority 0; policy drop; }\n}\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        lab.run(Role::Isp1, "nft", &["delete", "table", "inet", "blackout"]).unwrap();
+        let healed = Instant::now();
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::Relaxed);
+        stream_t.join().unwrap();
+        (cut, healed, sink_t.join().unwrap())
+    });
+    let _ = healed;
+    let moved = first_from(&arrivals, lte4, cut).unwrap_or_else(|| panic!("no packet via the lte after the blackout\n{}", daemon.log_text()));
+    let took = moved - cut;
+    eprintln!("failover on silent blackout: {took:?}");
+    assert!(took < Duration::from_secs(2), "expected failover within 2 s of the blackout, saw {took:?}");
+    assert!(arrivals.iter().filter(|a| a.at < cut).all(|a| a.from == fiber4), "before the blackout, everything via the fiber");
+    // 1.5 s after the ISP healed the hold (10 rounds, 3 s) has not passed: still down.
+    let status = status_json(&lab, &socket);
+    let fiber = uplink(&status, "fiber");
+    assert_eq!(fiber["up"], false, "expected the fiber held down until 10 good rounds: {fiber}");
+    assert_eq!(fiber["health"]["state"], "down", "{fiber}");
+    assert!(fiber["health"]["probe_bytes_sent"].as_u64().unwrap_or(0) > 0, "probe bytes counted: {fiber}");
+    let switches = status["switches"].as_array().expect("switches");
+    assert!(
+        switches.iter().any(|s| s["uplink"] == "fiber" && s["up"] == false && s["reason"].as_str().unwrap_or("").contains("probe rounds lost")),
+        "expected a probe-loss switch: {switches:?}"
+    );
+    // After the hold it is back.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let status = status_json(&lab, &socket);
+        if uplink(&status, "fiber")["up"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expected the fiber back after the hold: {}", uplink(&status, "fiber"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.stop(Duration::from_secs(10)).unwrap();
     lab.teardown().unwrap();
 }

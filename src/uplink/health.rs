@@ -425,8 +425,11 @@ impl HealthMachine {
                     1
                 };
             }
-            State::Up => self.last_up = Some(now),
-            State::Unknown => {}
+            // Only a return from Down is a failback that damping spaces out; the
+            // first Up after start is not, or a failure in the first minutes would
+            // keep the primary out for the rest of the damping window.
+            State::Up if self.state == State::Down => self.last_up = Some(now),
+            State::Up | State::Unknown => {}
         }
         self.state = to;
         self.since = now;

@@ -45,8 +45,37 @@ pub struct Switch {
     pub flows_ended: usize,
 }
 
+/// What the health probes say of an uplink (absent when it has none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthSummary {
+    /// "unknown", "up" or "down", as the probes judge it.
+    pub state: String,
+    /// Rounds without a timely answer over the recent window.
+    pub loss_ratio: f64,
+    pub srtt_ms: Option<f64>,
+    pub probe_interval_ms: u64,
+    pub probes: u64,
+    pub probe_bytes_sent: u64,
+    pub probe_bytes_received: u64,
+}
+
+impl HealthSummary {
+    pub fn of(report: &monitor::HealthReport) -> HealthSummary {
+        let f = &report.figures;
+        HealthSummary {
+            state: f.state.to_string(),
+            loss_ratio: f.loss_ratio,
+            srtt_ms: f.srtt.map(|d| d.as_secs_f64() * 1000.0),
+            probe_interval_ms: f.round_interval.as_millis() as u64,
+            probes: report.probes.probes,
+            probe_bytes_sent: report.probes.bytes_sent,
+            probe_bytes_received: report.probes.bytes_received,
+        }
+    }
+}
+
 /// An uplink as `inferlane status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UplinkStatus {
     pub name: String,
     pub interface: String,
@@ -69,9 +98,13 @@ pub struct UplinkStatus {
     /// bounded switch history): the failover counter of the metrics.
     #[serde(default)]
     pub downs: u64,
+    /// Health probes' figures (None: judged by carrier alone).
+    #[serde(default)]
+    pub health: Option<HealthSummary>,
 }
 
 struct State {
+    health: Option<HealthSummary>,
     usable: bool,
     carrier: bool,
     reason: String,
@@ -109,6 +142,7 @@ impl Uplinks {
             .into_iter()
             .map(|carrier| {
                 State {
+                    health: None,
                     usable: carrier,
                     carrier,
                     reason: if carrier { "carrier up at start".into() } else { "no carrier at start".into() },
@@ -162,6 +196,21 @@ impl Uplinks {
         let changed = s.carrier != carrier;
         s.carrier = carrier;
         changed
+    }
+
+    /// The latest figures of uplink `index`'s health probes.
+    pub fn set_health(&mut self, index: usize, summary: HealthSummary) {
+        if let Some(s) = self.states.get_mut(index) {
+            s.health = Some(summary);
+        }
+    }
+
+    pub fn carrier(&self, index: usize) -> bool {
+        self.states.get(index).is_some_and(|s| s.carrier)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Whether health probes judge the uplink (else carrier alone does).
@@ -276,6 +325,7 @@ impl Uplinks {
                     counters: dp.uplink_counters(i).unwrap_or_default(),
                     carries,
                     downs: s.downs,
+                    health: s.health.clone(),
                 }
             })
             .collect()

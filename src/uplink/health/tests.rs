@@ -180,7 +180,8 @@ impl Sim {
     fn ups(&self) -> Vec<u64> {
         self.transitions
             .iter()
-            .filter(|t| t.to == State::Up)
+            // Failbacks only: the first Up after start is not a switch back.
+            .filter(|t| t.to == State::Up && t.from == State::Down)
             .map(|t| self.ms_of(t.at))
             .collect()
     }
@@ -219,7 +220,9 @@ fn starts_unknown_and_is_up_at_the_first_answer() {
     let mut sim = Sim::new(defaults());
     assert_eq!(sim.m.state(), State::Unknown);
     sim.run(1_000, 2, &mut |_, _| Some(5));
-    assert_eq!(sim.ups(), vec![5], "expected Up at the first answer (5 ms)");
+    let first_up: Vec<u64> = sim.transitions.iter().filter(|t| t.to == State::Up).map(|t| sim.ms_of(t.at)).collect();
+    assert_eq!(first_up, vec![5], "expected Up at the first answer (5 ms)");
+    assert!(sim.ups().is_empty(), "the first Up is not a failback");
     assert_eq!(sim.transitions[0].reason, Reason::FirstAnswer);
     let down = HealthMachine::new(defaults(), Instant::now(), false);
     assert_eq!(
@@ -338,11 +341,11 @@ fn carrier_down_is_immediate_and_carrier_up_waits_for_the_hold() {
         .unwrap();
     assert_eq!(down.reason, Reason::CarrierDown);
     // First round after carrier up is sent at 12 000 ms; the 100th good one is
-    // answered 99 × 300 + 3 ms later. (The Up at 10 s was only 10 s before, so the
-    // damping factor went to 2: the hold doubles and waits for the 5-min window.)
+    // answered 99 × 300 + 3 ms later. The first Up after start is no failback, so
+    // this first failure is not damped.
     let ups = sim.ups();
-    assert_eq!(ups.len(), 1, "ups {ups:?}");
-    assert_eq!(sim.m.figures().damping_factor, 2);
+    assert_eq!(ups, vec![12_000 + 99 * 300 + 3], "ups {ups:?}");
+    assert_eq!(sim.m.figures().damping_factor, 1);
 }
 
 #[test]
@@ -359,8 +362,8 @@ fn hold_before_up_is_100_good_rounds_after_a_long_stable_period() {
     let downs = sim.downs();
     let ups = sim.ups();
     assert_eq!(downs.len(), 1);
-    assert_eq!(ups.len(), 2, "ups {ups:?}");
-    let recovered = ups[1];
+    assert_eq!(ups.len(), 1, "failbacks {ups:?}");
+    let recovered = ups[0];
     // First good round is the one sent at 405 000; the 100th is sent 99 rounds later.
     assert_eq!(recovered, 405_000 + 99 * 300 + 3);
     let up = sim.transitions.last().unwrap();
@@ -404,7 +407,7 @@ fn late_reply_resets_the_miss_count() {
 }
 
 /// Checks the damping bound on one transition record: consecutive Ups at least a
-/// window apart, and failovers <= floor(T / window) + 1.
+/// window apart, and failovers <= floor(T / window) + 2.
 fn assert_damping_bound(sim: &Sim, span_ms: u64, what: &str) {
     let window = sim.m.params().damping_window.as_millis() as u64;
     let ups = sim.ups();
@@ -416,7 +419,8 @@ fn assert_damping_bound(sim: &Sim, span_ms: u64, what: &str) {
             pair[1]
         );
     }
-    let bound = (span_ms / window) as usize + 1;
+    // Failbacks are a window apart; each failover but the first follows one.
+    let bound = (span_ms / window) as usize + 2;
     let failovers = sim.failovers();
     eprintln!(
         "{what}: {failovers} failovers, {} ups in {} min (bound {bound})",
