@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use inferlane::lab::failover::{self, first_from, largest_gap, Arrival};
 use inferlane::lab::scenario::{lab_config_base, DaemonProcess, WorkDir};
 use inferlane::lab::{addr, require_root_or_skip, Lab, LabOptions, Role};
 
@@ -16,55 +17,12 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_inferlane"))
 }
 
-/// Where the stream's packets arrived from (the NAT source names the uplink), and when.
-#[derive(Debug, Clone, Copy)]
-struct Arrival {
-    at: Instant,
-    from: IpAddr,
-    seq: u32,
-}
-
-/// Receive on `bind` until `stop`, inside the inet namespace.
 fn sink(lab: &Lab, bind: SocketAddr, stop: &AtomicBool) -> Vec<Arrival> {
-    lab.ns(Role::Inet)
-        .run_in("udp sink", || {
-            let s = UdpSocket::bind(bind)?;
-            s.set_read_timeout(Some(Duration::from_millis(50)))?;
-            let mut out = Vec::new();
-            let mut buf = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = s.recv_from(&mut buf) {
-                    if n >= 4 {
-                        let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-                        out.push(Arrival { at: Instant::now(), from: from.ip(), seq });
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .unwrap_or_else(|e| panic!("expected the UDP sink on {bind} to run, got: {e}"))
+    failover::sink(lab, bind, stop).unwrap_or_else(|e| panic!("expected the UDP sink on {bind} to run, got: {e}"))
 }
 
-/// One small datagram every 10 ms to `to` from one socket (one flow), inside the LAN.
 fn stream(lab: &Lab, to: SocketAddr, stop: &AtomicBool) -> u32 {
-    lab.ns(Role::Lan)
-        .run_in("udp stream", || {
-            let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-            let s = UdpSocket::bind(any)?;
-            let mut seq = 0u32;
-            let start = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                // Unreachable errors (ICMP during the switch) are expected: keep going.
-                let _ = s.send_to(&seq.to_be_bytes(), to);
-                seq += 1;
-                let next = start + Duration::from_millis(10) * seq;
-                if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            Ok(seq)
-        })
-        .unwrap_or_else(|e| panic!("expected the UDP stream to {to} to run, got: {e}"))
+    failover::stream(lab, to, stop).unwrap_or_else(|e| panic!("expected the UDP stream to {to} to run, got: {e}"))
 }
 
 fn status_json(lab: &Lab, socket: &Path) -> serde_json::Value {
@@ -92,16 +50,6 @@ fn routing_state(lab: &Lab) -> (String, String) {
     let routes = lab.run(Role::Router, "ip", &["route", "show", "table", "all", "proto", "173"]).unwrap()
         + &lab.run(Role::Router, "ip", &["-6", "route", "show", "table", "all", "proto", "173"]).unwrap();
     (rules, routes)
-}
-
-/// When the first packet from `from` arrived after `after`.
-fn first_from(arrivals: &[Arrival], from: IpAddr, after: Instant) -> Option<Instant> {
-    arrivals.iter().find(|a| a.at >= after && a.from == from).map(|a| a.at)
-}
-
-fn largest_gap(arrivals: &[Arrival], from: Instant, to: Instant) -> Duration {
-    let times: Vec<Instant> = arrivals.iter().map(|a| a.at).filter(|&t| t >= from && t <= to).collect();
-    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(Duration::MAX)
 }
 
 #[test]
@@ -320,6 +268,48 @@ fn silent_blackout_is_detected_by_probes_and_failback_waits_for_the_hold() {
         assert!(Instant::now() < deadline, "expected the fiber back after the hold: {}", uplink(&status, "fiber"));
         std::thread::sleep(Duration::from_millis(200));
     }
+    daemon.stop(Duration::from_secs(10)).unwrap();
+    lab.teardown().unwrap();
+}
+
+/// Intermittent loss on the fiber's ISP (30 %, then 50 % of packets dropped at
+/// random by nftables): the uplink may be taken down once, but it never flaps:
+/// with the default hold (100 good rounds) it does not come back while the loss
+/// lasts, so there is at most one switch.
+#[test]
+fn random_loss_switches_at_most_once() {
+    if !require_root_or_skip("random_loss_switches_at_most_once") {
+        return;
+    }
+    let work = WorkDir::new("loss").unwrap();
+    let lab = Lab::build(&LabOptions::default()).unwrap();
+    let socket = work.path().join("control.sock");
+    let health = format!(
+        "health = {{ probes = [\"icmp:{}\", \"icmp:{}\"], interval = \"300ms\" }}\n",
+        addr::SERVER_V4,
+        addr::DNS_V4
+    );
+    let cfg = lab_config_base(&socket, "flow_table_size = 4096").replace("priority = 10\n", &format!("priority = 10\n{health}"));
+    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &cfg).unwrap();
+    let mut fiber_switches = Vec::new();
+    for loss in [30, 50] {
+        lab.ns(Role::Isp1)
+            .nft(&format!(
+                "table inet loss {{\n chain forward_all {{ type filter hook forward priority 0; numgen random mod 100 < {loss} drop; }}\n chain input_all {{ type filter hook input priority 0; numgen random mod 100 < {loss} drop; }}\n}}\n"
+            ))
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(8));
+        lab.run(Role::Isp1, "nft", &["delete", "table", "inet", "loss"]).unwrap();
+        let status = status_json(&lab, &socket);
+        let fiber = uplink(&status, "fiber").clone();
+        let switches: Vec<serde_json::Value> =
+            status["switches"].as_array().unwrap().iter().filter(|s| s["uplink"] == "fiber").cloned().collect();
+        eprintln!("{loss}% loss: fiber up={} loss_ratio={} switches={}", fiber["up"], fiber["health"]["loss_ratio"], switches.len());
+        assert!(fiber["health"]["loss_ratio"].as_f64().unwrap_or(0.0) > 0.0, "expected the probes to see the loss: {fiber}");
+        fiber_switches = switches;
+    }
+    assert!(fiber_switches.len() <= 1, "expected at most one switch of the fiber under intermittent loss, saw {fiber_switches:?}");
+    assert!(fiber_switches.iter().all(|s| s["up"] == false), "expected no failback during the loss: {fiber_switches:?}");
     daemon.stop(Duration::from_secs(10)).unwrap();
     lab.teardown().unwrap();
 }
