@@ -558,3 +558,23 @@ mod tests {
         assert_eq!((c.daemon.flow_table_size, c.rules.len(), c.classes.len()), (131072, 0, 2));
     }
 }
+
+/// Replace the section of a Markdown file that starts with `heading` (a "## ..."
+/// line) by `section`, or append it; benchmarks write their figures this way.
+pub fn write_bench_section(path: &Path, heading: &str, section: &str) -> std::io::Result<()> {
+    let mut md = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let start = md.match_indices(heading).find(|(i, _)| *i == 0 || md[..*i].ends_with('\n')).map(|(i, _)| i);
+    match start {
+        Some(start) => {
+            let end = md[start + 1..].find("\n## ").map(|i| start + 1 + i + 1).unwrap_or(md.len());
+            md.replace_range(start..end, section);
+        }
+        None => {
+            while !md.ends_with("\n\n") {
+                md.push('\n');
+            }
+            md.push_str(section);
+        }
+    }
+    std::fs::write(path, md)
+}
