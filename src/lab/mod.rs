@@ -17,6 +17,7 @@ pub mod addr;
 mod error;
 mod icmp;
 pub mod netns;
+pub mod queues;
 pub mod scenario;
 pub mod topology;
 
