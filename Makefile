@@ -94,6 +94,7 @@ bench: deps
 	$(CARGO) run --release --example bench_datapath -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_userspace -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_forwarding -- --write BENCHMARKS.md
+	$(CARGO) run --release --example bench_queues -- --write BENCHMARKS.md
 
 ## fuzz: cargo-fuzz on the punt parsers (DNS, TLS, QUIC, frames), FUZZ_SECONDS each
 ## (default 60). Stable Rust: no sanitizer, libFuzzer's coverage guidance only.

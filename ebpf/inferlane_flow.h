@@ -336,6 +336,38 @@ static __always_inline void il_steer_class_change(struct il_flow *flow)
 	il_steer(flow, 0);
 }
 
+/*
+ * Bulk demotion: once a flow of a class with a threshold has moved that many
+ * bytes (both directions) and lasted long enough, it takes the target class's
+ * DSCP, queue (mark bits and priority) and class id, once. Its uplink stays:
+ * moving it would strand the connection behind another NAT. Flows below the
+ * threshold (short interactive exchanges) are never touched. One array lookup
+ * per packet of a classified, not yet demoted flow; the clock is read only
+ * past the byte threshold. Two CPUs crossing it at the same instant could both
+ * count it; the treatment written is the same.
+ */
+static __always_inline void il_demote_check(struct il_flow *flow)
+{
+	__u32 cls = flow->class_id;
+	struct il_demote *d;
+
+	if (!cls || (flow->flags & IL_FLOW_F_DEMOTED) || flow->verdict == IL_VERDICT_BLOCK)
+		return;
+	d = bpf_map_lookup_elem(&class_demote, &cls);
+	if (!d || !d->after_bytes)
+		return;
+	if (flow->up_bytes + flow->down_bytes < d->after_bytes)
+		return;
+	if (d->min_age_ns && bpf_ktime_get_ns() - flow->first_ns < d->min_age_ns)
+		return;
+	flow->flags |= IL_FLOW_F_DEMOTED;
+	flow->class_id = d->class_id;
+	flow->dscp = d->dscp;
+	flow->priority = d->priority;
+	flow->mark = (d->mark & ~IL_MARK_UPLINK_MASK) | (flow->mark & IL_MARK_UPLINK_MASK);
+	IL_STAT_INC(demoted);
+}
+
 /* Defined once, as a global (separately verified) function, by the program that
  * classifies: see xdp_lan_ingress.bpf.c. */
 int il_classify_global(const struct il_flow_key *key, struct il_flow *flow, __u32 provider, __u32 source);

@@ -165,6 +165,14 @@ struct {
 	__type(value, struct il_uplink_counters);
 } uplink_counters SEC(".maps") __weak;
 
+/* Bulk demotion thresholds and targets, per class id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct il_demote);
+} class_demote SEC(".maps") __weak;
+
 /* Packets for userspace: DNS answers now, first segments of unknown flows later. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

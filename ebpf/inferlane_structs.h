@@ -73,6 +73,7 @@ struct il_flow_key {
 #define IL_FLOW_F_PENDING   0x02 /* waiting for a userspace verdict (SNI, QUIC) */
 #define IL_FLOW_F_ECH       0x04 /* the ClientHello carried encrypted_client_hello */
 #define IL_FLOW_F_NO_UPLINK 0x08 /* its class may use no uplink that is up now: held */
+#define IL_FLOW_F_DEMOTED   0x10 /* moved to its class's demotion target (bulk) */
 
 /* First packets of a pending flow copied to userspace, at most: 12 segments of a
  * 1460-byte MSS carry a 16 KiB ClientHello (tls::MAX_SEGMENTS matches). */
@@ -137,6 +138,7 @@ struct il_flow_stats {
 	__u64 would_block;    /* observe mode: packets a block verdict would have dropped */
 	__u64 no_uplink;      /* packets dropped: none of their class's uplinks is up */
 	__u64 moved;          /* flows steered off an uplink that went down */
+	__u64 demoted;        /* flows moved to a lower class past their class's byte threshold */
 };
 
 /* IP fragments: the first fragment's ports, for the fragments after it. */
@@ -333,6 +335,22 @@ struct il_uplink_counters {
 	__u64 down_bytes;
 	__u64 steered;      /* flows steered here (first packet or moved) */
 	__u64 moved;        /* flows moved here off an uplink that went down */
+};
+
+/* ---- Bulk demotion (written by the daemon from classes' `demote`) ------------- */
+
+/* Per class (key: class id). A flow of the class whose bytes, both directions,
+ * reach after_bytes and that is at least min_age_ns old takes the target class's
+ * treatment once (IL_FLOW_F_DEMOTED); its uplink bits stay. after_bytes 0: the
+ * class is never demoted. */
+struct il_demote {
+	__u64 after_bytes;
+	__u64 min_age_ns;
+	__u32 mark;      /* target class and queue bits, IL_MARK_CLASSIFIED; no uplink bits */
+	__u32 priority;  /* target skb->priority */
+	__u8 class_id;   /* target class id */
+	__u8 dscp;       /* target DSCP, or IL_DSCP_KEEP */
+	__u8 pad[6];
 };
 
 /* XDP metadata handed from lan_ingress (XDP) to lan_ingress_tc in front of the

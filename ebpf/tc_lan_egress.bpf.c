@@ -84,14 +84,16 @@ int lan_egress(struct __sk_buff *skb)
 		flow->first_down_payload_ns = bpf_ktime_get_ns();
 	if (pkt.frag != IL_FRAG_NONE)
 		flow->flags |= IL_FLOW_F_FRAGMENTS;
+	/* Bulk shows in the download: demote before the priority below is set, so
+	 * the packet that crosses the threshold already goes to the lower queue. */
+	settings = il_settings();
+	if (settings && settings->enforce)
+		il_demote_check(flow);
 	/* Download queue: TC egress runs before the device's qdisc, so the priority
 	 * set here selects the class. Unclassified flows (priority 0) keep theirs
 	 * and land in the default class. */
-	if (flow->priority) {
-		settings = il_settings();
-		if (settings && settings->enforce)
-			skb->priority = flow->priority;
-	}
+	if (flow->priority && settings && settings->enforce)
+		skb->priority = flow->priority;
 	return TC_ACT_UNSPEC;
 }
 

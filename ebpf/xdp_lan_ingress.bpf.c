@@ -251,6 +251,9 @@ int lan_ingress(struct xdp_md *ctx)
 		}
 		return XDP_DROP;
 	}
+	/* A bulk upload crosses its class's threshold here (downloads in
+	 * lan_egress): this packet already gets the lower class's DSCP and queue. */
+	il_demote_check(flow);
 	if (flow->dscp != IL_DSCP_KEEP && il_set_dscp(&pkt, data_end, flow->dscp))
 		IL_STAT_INC(dscp_rewritten);
 	if (flow->mark | flow->priority) {

@@ -43,6 +43,8 @@ pub enum DaemonError {
     Metrics(#[from] crate::control::metrics::MetricsError),
     #[error("teardown: {}", .0.join("; "))]
     Teardown(Vec<String>),
+    #[error("queues: {0}")]
+    Queues(crate::qos::QosError),
 }
 
 impl From<BpfError> for DaemonError {
@@ -130,6 +132,9 @@ struct State {
     /// Routing, health and failover of the uplinks (None in observe mode or
     /// with no uplinks configured).
     uplinks: Mutex<Option<crate::uplink::Uplinks>>,
+    /// The qdisc trees (None in observe mode). Lock order: uplinks, live,
+    /// queues, datapath.
+    queues: Mutex<Option<crate::qos::Qos>>,
     /// What was reported of each live flow; decides ends and deletions.
     tracker: Mutex<crate::flow::FlowTracker>,
     config_path: PathBuf,
@@ -171,6 +176,7 @@ impl State {
         // Lock order everywhere: uplinks, then the datapath.
         let uplinks_guard = self.uplinks.lock().unwrap_or_else(|p| p.into_inner());
         let live = self.live();
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|q| q.describe());
         let dp = self.datapath();
         let counters = dp.counters()?;
         let stats = dp.flow_stats()?;
@@ -240,6 +246,7 @@ impl State {
             },
             uplinks,
             switches,
+            queues,
         })
     }
 
@@ -269,9 +276,27 @@ impl State {
             let mut uplinks = self.uplinks.lock().unwrap_or_else(|p| p.into_inner());
             let mut live = self.live();
             restart_only_changes(&live.config, &p.config)?;
+            // Queues first: they can fail (a foreign root qdisc, netlink), and a
+            // failure refuses the whole reload with the trees put back as they were.
+            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(q) = queues.as_mut() {
+                if let Err(e) = update_queues(q, &p.config, uplinks.as_ref()) {
+                    if let Err(re) = update_queues(q, &live.config, uplinks.as_ref()) {
+                        tracing::error!(error = %re, "queues: putting back the running config's trees");
+                    }
+                    return Err(format!("queues: {e}; the previous config stays in force"));
+                }
+            }
             let mut dp = self.datapath();
-            dp.install_with(&p.rules.maps(), switches(&p.config))
-                .map_err(|e| format!("install rules: {e}; the previous rules stay in force"))?;
+            if let Err(e) = dp.install_with(&p.rules.maps(), switches(&p.config)) {
+                if let Some(q) = queues.as_mut() {
+                    if let Err(re) = update_queues(q, &live.config, uplinks.as_ref()) {
+                        tracing::error!(error = %re, "queues: putting back the running config's trees");
+                    }
+                }
+                return Err(format!("install rules: {e}; the previous rules stay in force"));
+            }
+            drop(queues);
             if let Some(u) = uplinks.as_mut() {
                 // Classes may list other uplinks now.
                 if let Err(e) = u.reconfigure(&p.config, &mut dp) {
@@ -821,11 +846,95 @@ impl State {
         let Some(index) = u.index_of_interface(iface) else { return };
         let changed = u.set_carrier(index, carrier);
         if !carrier && u.is_usable(index) || carrier && changed && !u.has_probes(index) {
-            if let Err(e) = u.set_usable(index, carrier, reason, &self.datapath) {
-                tracing::error!(error = %e, iface, "uplink state");
+            match u.set_usable(index, carrier, reason, &self.datapath) {
+                Ok(Some(_)) => self.follow_active_uplink(u),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, iface, "uplink state");
+                    // The state changed even if the steering write failed.
+                    self.follow_active_uplink(u);
+                }
             }
         }
     }
+
+    /// The LAN download queues follow the uplinks that carry unclassified
+    /// traffic now ([`crate::uplink::Uplinks::carrying_default`]): their
+    /// `ingress_rate`s. Called with the uplinks locked, right after a switch;
+    /// one netlink round trip per class, well within a second.
+    fn follow_active_uplink(&self, uplinks: &crate::uplink::Uplinks) {
+        let config = self.live().config.clone();
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(q) = queues.as_mut() else { return };
+        let active = uplinks.carrying_default();
+        let rate = download_rate(&config, Some(uplinks));
+        match q.set_download_rate(rate) {
+            Ok(()) => tracing::info!(active = ?active, rate = ?rate.map(|r| r.to_string()), "queues: download rate follows the active uplink"),
+            Err(e) => tracing::error!(error = %e, active = ?active, "queues: download rate"),
+        }
+    }
+}
+
+/// The config and interfaces the queues are built from. LAN interfaces must
+/// exist (the datapath is attached to them); an uplink whose interface is absent
+/// (an LTE modem not plugged in) gets no upload tree, as it gets no wan_egress,
+/// until a restart.
+fn queue_view(config: &Config) -> Result<(Config, crate::qos::Links), crate::qos::QosError> {
+    use crate::qos::{Link, Links};
+    let lan = config.lan.interfaces.iter().map(|n| Link::by_name(n)).collect::<Result<_, _>>()?;
+    let mut view = config.clone();
+    let mut present = Vec::new();
+    for u in &mut view.uplinks {
+        match Link::by_name(&u.interface) {
+            Ok(link) => present.push(link),
+            Err(_) => {
+                if u.egress_rate.take().is_some() {
+                    tracing::warn!(uplink = %u.name, iface = %u.interface, "uplink interface absent: no upload queues on it");
+                }
+            }
+        }
+    }
+    Ok((view, Links { lan, uplinks: present }))
+}
+
+/// The LAN download rate: the `ingress_rate`s of the uplinks carrying
+/// unclassified traffic now; before routing exists, those of the best priority.
+fn download_rate(config: &Config, uplinks: Option<&crate::uplink::Uplinks>) -> Option<crate::config::Rate> {
+    match uplinks {
+        Some(u) => {
+            let names = u.carrying_default();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            crate::qos::tree::download_rate_for(config, &names)
+        }
+        None => crate::qos::tree::initial_download_rate(config),
+    }
+}
+
+/// Build the trees for `config` at the active uplink's download rate. On error
+/// nothing of it is left behind.
+fn start_queues(config: &Config, uplinks: Option<&crate::uplink::Uplinks>) -> Result<crate::qos::Qos, crate::qos::QosError> {
+    let (view, links) = queue_view(config)?;
+    let mut qos = crate::qos::Qos::apply(&view, &links)?;
+    if let Err(e) = qos.set_download_rate(download_rate(&view, uplinks)) {
+        if let Err(errors) = qos.remove() {
+            for re in errors {
+                tracing::warn!(error = %re, "queues: undoing a failed start");
+            }
+        }
+        return Err(e);
+    }
+    Ok(qos)
+}
+
+/// Bring the trees to `config` (reload, or back to the running config).
+fn update_queues(
+    qos: &mut crate::qos::Qos,
+    config: &Config,
+    uplinks: Option<&crate::uplink::Uplinks>,
+) -> Result<(), crate::qos::QosError> {
+    let (view, links) = queue_view(config)?;
+    qos.update(&view, &links)?;
+    qos.set_download_rate(download_rate(&view, uplinks))
 }
 
 /// Settings a reload cannot apply: they would need programs re-attached, the flow
@@ -841,7 +950,16 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), String> {
     if old.daemon.control_socket != new.daemon.control_socket {
         changed.push("daemon.control_socket");
     }
-    if old.uplinks != new.uplinks {
+    // Rates only reshape the queues (reload applies them); anything else about
+    // the uplinks changes routing.
+    let without_rates = |c: &Config| -> Vec<crate::config::Uplink> {
+        c.uplinks.iter().cloned().map(|mut u| {
+            u.egress_rate = None;
+            u.ingress_rate = None;
+            u
+        }).collect()
+    };
+    if without_rates(old) != without_rates(new) {
         changed.push("uplinks");
     }
     if old.routing != new.routing {
@@ -983,6 +1101,7 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         hellos: Mutex::new(std::collections::HashMap::new()),
         names: Mutex::new(std::collections::HashMap::new()),
         uplinks: Mutex::new(None),
+        queues: Mutex::new(None),
         tracker: Mutex::new(crate::flow::FlowTracker::new(timeouts)),
     });
     // Routing and steering before readiness: the first flow already goes to the
@@ -1004,6 +1123,39 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
                         errors.push(re.to_string());
                     }
                     errors.insert(0, format!("uplinks: {e}"));
+                    return Err(DaemonError::Teardown(errors));
+                }
+            }
+        }
+        // Queues last, once the programs that set skb->priority are attached
+        // and routing is in place. A failure (a root qdisc we did not create,
+        // netlink) is a start error: everything started so far is undone.
+        if mode == Mode::Enforce {
+            let uplinks = state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match start_queues(&config, uplinks.as_ref()) {
+                Ok(q) => {
+                    for line in q.describe().to_string().lines() {
+                        tracing::info!("{line}");
+                    }
+                    *state.queues.lock().unwrap_or_else(|p| p.into_inner()) = Some(q);
+                    *state.uplinks.lock().unwrap_or_else(|p| p.into_inner()) = uplinks;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "queues");
+                    let mut errors: Vec<String> = state.datapath().detach_all().into_iter().map(|e| e.to_string()).collect();
+                    if let Some(u) = uplinks {
+                        errors.extend(u.stop().await.into_iter().map(|e| format!("uplink routing: {e}")));
+                    }
+                    if let Err(re) = socket.remove() {
+                        errors.push(re.to_string());
+                    }
+                    if let Some(Err(re)) = bpffs.map(|fs| fs.release()) {
+                        errors.push(re.to_string());
+                    }
+                    if errors.is_empty() {
+                        return Err(DaemonError::Queues(e));
+                    }
+                    errors.insert(0, format!("queues: {e}"));
                     return Err(DaemonError::Teardown(errors));
                 }
             }
@@ -1099,6 +1251,14 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
     // Routing is removed after the programs are detached: until then they mark
     // packets for the uplink tables.
     let uplinks = state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).take();
+    // Queues before the programs: without our HTB root the priorities the
+    // programs still set are ignored (the kernel default qdisc reads only the
+    // low bits, band "best effort"), whereas programs gone under a live tree
+    // would drop every flow, interactive ones too, into the default class.
+    let queues = state.queues.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(Err(es)) = queues.map(crate::qos::Qos::remove) {
+        errors.extend(es.into_iter().map(|e| format!("queues: {e}")));
+    }
     // Detach under the lock rather than waiting to own the state: a control
     // connection task that has just answered may still hold a reference for a
     // moment. The programs and maps go with the last reference (or the process).

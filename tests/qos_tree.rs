@@ -294,7 +294,7 @@ fn tree_matches_the_config_classifies_by_priority_changes_in_place_and_is_remove
     let kind = qos.leaf_kind().expect("a leaf kind was chosen").kind();
     let status = qos.describe();
     eprintln!("{status}");
-    assert_eq!(status.leaf_qdisc, Some(kind));
+    assert_eq!(status.leaf_qdisc.as_deref(), Some(kind));
     assert_eq!(status.interfaces.len(), 2, "wan0 upload and lan0 download: {status:?}");
     assert_tree(&ns, WAN, &HtbTree::new(rate("100mbit")), kind);
     assert_tree(&ns, LAN, &HtbTree::new(rate("50mbit")), kind);

@@ -126,6 +126,9 @@ pub struct FlowStats {
     pub would_block: u64,
     pub no_uplink: u64,
     pub moved: u64,
+    /// Flows moved to a lower class past their class's `demote.after`.
+    #[serde(default)]
+    pub demoted: u64,
 }
 
 impl FlowStats {
@@ -143,10 +146,30 @@ impl FlowStats {
         self.would_block += o.would_block;
         self.no_uplink += o.no_uplink;
         self.moved += o.moved;
+        self.demoted += o.demoted;
     }
 }
 
 pub const FLOW_F_NO_UPLINK: u8 = 0x08;
+pub const FLOW_F_DEMOTED: u8 = 0x10;
+
+/// `struct il_demote`: bulk demotion of one class (key: class id). `after_bytes`
+/// 0: never demoted.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demote {
+    pub after_bytes: u64,
+    pub min_age_ns: u64,
+    /// Target class and queue bits with MARK_CLASSIFIED; no uplink bits.
+    pub mark: u32,
+    pub priority: u32,
+    pub class_id: u8,
+    pub dscp: u8,
+    pub pad: [u8; 6],
+}
+
+// SAFETY: repr(C), integers only, padding written out.
+unsafe impl aya::Pod for Demote {}
 
 pub const MAX_UPLINKS: usize = 15;
 pub const STEER_SLOTS: usize = 16;
@@ -331,7 +354,8 @@ const _: () = assert!(std::mem::size_of::<IfKey>() == 8);
 const _: () = assert!(std::mem::size_of::<Counters>() == 56);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow>() == 120);
-const _: () = assert!(std::mem::size_of::<FlowStats>() == 104);
+const _: () = assert!(std::mem::size_of::<FlowStats>() == 112);
+const _: () = assert!(std::mem::size_of::<Demote>() == 32);
 const _: () = assert!(std::mem::size_of::<Steer>() == 4 + STEER_SLOTS);
 const _: () = assert!(std::mem::size_of::<UplinkState>() == 8);
 const _: () = assert!(std::mem::size_of::<UplinkCounters>() == 48);

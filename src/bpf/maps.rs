@@ -22,6 +22,8 @@ pub struct RuleMaps<'a> {
     pub rule_providers: &'a [(u32, u16)],
     /// What a flow to a known provider gets when no rule matches, by provider id.
     pub provider_defaults: &'a [(u16, Rule)],
+    /// Bulk demotion by class id - 1 (class ids past the end: none).
+    pub demotions: &'a [super::abi::Demote],
 }
 
 /// Datapath behaviour switches, written with each rule set.
@@ -33,6 +35,7 @@ pub struct Switches {
 }
 
 const MAP_ADDR_PROVIDERS: &str = "addr_providers";
+const MAP_CLASS_DEMOTE: &str = "class_demote";
 const MAP_PUNTS: &str = "punts";
 const MAP_FLOW_VERDICTS: &str = "flow_verdicts";
 
@@ -125,6 +128,16 @@ impl Datapath {
             }
             for (i, rule) in defaults.iter().enumerate() {
                 array.set(i as u32, *rule, 0).map_err(map_err(pd_name))?;
+            }
+        }
+        {
+            // Not double-buffered: one entry per class id, each written whole.
+            // Before the flip, so a failure leaves the running rules in force.
+            let mut array: Array<&mut MapData, super::abi::Demote> =
+                Array::try_from(self.map_data_mut(MAP_CLASS_DEMOTE)?).map_err(map_err(MAP_CLASS_DEMOTE))?;
+            for id in 1..256u32 {
+                let d = rules.demotions.get(id as usize - 1).copied().unwrap_or_default();
+                array.set(id, d, 0).map_err(map_err(MAP_CLASS_DEMOTE))?;
             }
         }
         // The flip. n_rules only gates "are there any rules"; a packet that reads a

@@ -75,6 +75,8 @@ pub struct CompiledRules {
     pub rule_providers: Vec<(u32, u16)>,
     /// By provider id: what a flow to that provider gets when no rule matches.
     pub provider_defaults: Vec<(u16, abi::Rule)>,
+    /// Index `i` is class id `i + 1`: its bulk demotion (zero: none).
+    pub demotions: Vec<abi::Demote>,
     pub summary: Summary,
 }
 
@@ -87,6 +89,7 @@ impl CompiledRules {
             clients: &self.clients,
             rule_providers: &self.rule_providers,
             provider_defaults: &self.provider_defaults,
+            demotions: &self.demotions,
         }
     }
 }
@@ -206,8 +209,35 @@ pub fn compile(config: &Config) -> Result<CompiledRules, Vec<CompileError>> {
         clients,
         rule_providers,
         provider_defaults,
+        demotions: demotions(config),
         summary,
     })
+}
+
+/// Each class's bulk demotion: threshold, minimum age, and the target class's
+/// treatment (class id, DSCP, queue mark bits, priority; no uplink bits, the
+/// flow keeps its own). Validation made sure the targets exist.
+pub fn demotions(config: &Config) -> Vec<abi::Demote> {
+    config
+        .classes
+        .iter()
+        .map(|class| {
+            let Some(d) = &class.demote else { return abi::Demote::default() };
+            let target = config.classes.iter().position(|c| c.name == d.to);
+            let Some(t) = target.and_then(|j| class_treatment(config, j).ok()) else {
+                return abi::Demote::default();
+            };
+            abi::Demote {
+                after_bytes: d.after.bytes(),
+                min_age_ns: u64::try_from(d.min_age.as_nanos()).unwrap_or(u64::MAX),
+                mark: t.mark,
+                priority: t.priority,
+                class_id: t.class_id,
+                dscp: t.dscp,
+                pad: [0; 6],
+            }
+        })
+        .collect()
 }
 
 /// The provider side of the rule set: (rule, provider id) pairs for rules naming
@@ -1435,6 +1465,7 @@ clients = ["198.51.100.0/25"]
             dscp: Dscp::EF,
             queue: Queue::High,
             uplinks: vec!["nowhere".into()],
+            demote: None,
         });
         config.rules = vec![
             plain_rule(None),
@@ -1473,6 +1504,7 @@ clients = ["198.51.100.0/25"]
                 dscp: Dscp::EF,
                 queue: Queue::Normal,
                 uplinks: vec![],
+                demote: None,
             });
         }
         for i in 0..20 {

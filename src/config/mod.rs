@@ -25,10 +25,10 @@ mod validate;
 mod values;
 
 pub use schema::{
-    Action, Class, Config, Daemon, Export, ExportFormat, Health, Lan, Metrics, Mode,
+    Action, Class, Config, Daemon, Demote, Export, ExportFormat, Health, Lan, Metrics, Mode,
     ProviderConfig, Queue, Rule, Uplink,
 };
-pub use units::{format_duration, parse_duration, Quantity, Rate, UnitError, UnitProblem};
+pub use units::{format_duration, parse_duration, ByteSize, Quantity, Rate, UnitError, UnitProblem};
 pub use values::{parse_cidr, parse_socket_addr, Dscp, L4Proto, PortSpec, Probe, ValueError};
 
 /// One problem with a configuration file.

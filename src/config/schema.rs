@@ -213,6 +213,23 @@ pub struct Class {
     /// Preference order; empty means "follow the main routing table".
     #[serde(default)]
     pub uplinks: Vec<String>,
+    /// Bulk demotion: a flow of this class that has moved `after` bytes (both
+    /// directions) and lasted `min_age` moves to class `to` (its queue and DSCP;
+    /// it keeps its uplink). Done once per flow, in the datapath.
+    #[serde(default)]
+    pub demote: Option<Demote>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Demote {
+    pub after: super::units::ByteSize,
+    /// The flow must be at least this old too (a short burst of a big answer
+    /// is not a bulk transfer). Default 0: the byte count alone decides.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub min_age: Duration,
+    /// The class the flow moves to.
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -22,6 +22,7 @@ use super::values::deserialize_parsed;
 pub enum Quantity {
     Rate,
     Duration,
+    Size,
 }
 
 impl fmt::Display for Quantity {
@@ -29,6 +30,7 @@ impl fmt::Display for Quantity {
         f.write_str(match self {
             Quantity::Rate => "rate",
             Quantity::Duration => "duration",
+            Quantity::Size => "size",
         })
     }
 }
@@ -199,6 +201,62 @@ pub(crate) fn de_duration<'de, D: Deserializer<'de>>(
     )
 }
 
+const SIZE_UNITS: &str = "B, KB, MB, GB, TB (decimal) or KiB, MiB, GiB, TiB (binary)";
+
+/// Size units in bytes (matched lowercase).
+const SIZE_TABLE: &[(&str, u128)] = &[
+    ("b", 1),
+    ("kb", 1_000),
+    ("mb", 1_000_000),
+    ("gb", 1_000_000_000),
+    ("tb", 1_000_000_000_000),
+    ("kib", 1 << 10),
+    ("mib", 1 << 20),
+    ("gib", 1 << 30),
+    ("tib", 1 << 40),
+];
+
+/// An amount of data in bytes ("20MB", "1.5GiB"); never zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(u64);
+
+impl ByteSize {
+    pub fn from_bytes(bytes: u64) -> Option<ByteSize> {
+        (bytes > 0).then_some(ByteSize(bytes))
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = UnitError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let error = |problem| UnitError { quantity: Quantity::Size, input: input.to_owned(), problem };
+        let bytes = parse_quantity(input, SIZE_TABLE, SIZE_UNITS, "20MB", "1 byte").map_err(error)?;
+        let bytes = u64::try_from(bytes).map_err(|_| error(UnitProblem::TooLarge))?;
+        ByteSize::from_bytes(bytes).ok_or_else(|| error(UnitProblem::Zero))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (unit, scale) = [("TB", 1_000_000_000_000), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000)]
+            .into_iter()
+            .find(|(_, scale)| self.0.is_multiple_of(*scale))
+            .unwrap_or(("B", 1));
+        write!(f, "{}{unit}", self.0 / scale)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_parsed(deserializer, "a size with a unit, like \"20MB\"", ByteSize::from_str)
+    }
+}
+
 /// Shared grammar: NUMBER [spaces] UNIT, NUMBER = DIGITS [ "." DIGITS ], unit
 /// case-insensitive. Returns the value in the table's base unit, exactly.
 fn parse_quantity(
@@ -257,6 +315,16 @@ fn parse_decimal(number: &str) -> Option<(u128, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_exactly_in_decimal_and_binary_units() {
+        assert_eq!("20MB".parse::<ByteSize>().map(ByteSize::bytes), Ok(20_000_000));
+        assert_eq!("1.5KiB".parse::<ByteSize>().map(ByteSize::bytes), Ok(1536));
+        assert_eq!("20mb".parse::<ByteSize>().map(|b| b.to_string()), Ok("20MB".into()));
+        assert!("0MB".parse::<ByteSize>().is_err());
+        assert!("20".parse::<ByteSize>().is_err());
+        assert!("20mbit".parse::<ByteSize>().is_err());
+    }
 
     #[track_caller]
     fn rate(input: &str) -> u64 {

@@ -286,6 +286,22 @@ impl Checker {
             }
             let list: Vec<_> = class.uplinks.iter().map(String::as_str).collect();
             self.duplicates(&here.join("uplinks"), &list, "uplink");
+            if let Some(demote) = &class.demote {
+                let to = here.join("demote").join("to");
+                if demote.to == class.name {
+                    self.error(to, format!("class {:?} cannot be demoted to itself; name a lower class", class.name));
+                } else if config.class(&demote.to).is_none() {
+                    self.error(
+                        to,
+                        format!(
+                            "class {:?} demotes to class {:?}, which is not defined ({})",
+                            class.name,
+                            demote.to,
+                            defined("classes", config.classes.iter().map(|c| &c.name))
+                        ),
+                    );
+                }
+            }
         }
         let names: Vec<_> = config.classes.iter().map(|c| c.name.as_str()).collect();
         for (first, again) in duplicates(&names) {
@@ -778,6 +794,26 @@ mod tests {
                 (10, 8, "invalid class name \"Bulk!\""),
             ],
         );
+    }
+
+    #[test]
+    fn demotion_targets_another_defined_class() {
+        let text = format!(
+            "{LAN}[[classes]]\nname = \"chat\"\ndscp = \"EF\"\ndemote = {{ after = \"20MB\", to = \"chat\" }}\n[[classes]]\nname = \"api\"\ndscp = \"EF\"\ndemote = {{ after = \"1MB\", to = \"bulk\" }}\n"
+        );
+        expect_all(
+            &text,
+            &[
+                (6, 33, "class \"chat\" cannot be demoted to itself"),
+                (10, 32, "class \"api\" demotes to class \"bulk\", which is not defined"),
+            ],
+        );
+        let ok = format!(
+            "{LAN}[[classes]]\nname = \"chat\"\ndscp = \"EF\"\ndemote = {{ after = \"20MB\", min_age = \"2s\", to = \"bulk\" }}\n[[classes]]\nname = \"bulk\"\ndscp = \"LE\"\nqueue = \"low\"\n"
+        );
+        let config = crate::config::parse(&ok, "test.toml").unwrap_or_else(|e| panic!("expected a valid demotion: {e}"));
+        let d = config.classes[0].demote.as_ref().expect("demote parsed");
+        assert_eq!((d.after.bytes(), d.min_age, d.to.as_str()), (20_000_000, std::time::Duration::from_secs(2), "bulk"));
     }
 
     const CLASSES: &str =

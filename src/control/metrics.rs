@@ -252,6 +252,7 @@ fn snapshot_metrics(r: &mut Registry, s: &Status, flows: &[FlowInfo]) {
     counter(r, "punt_failures", "Packets not copied to the daemon because the ring buffer was full", None, st.punt_failed);
     counter(r, "no_uplink_packets", "Packets dropped because no uplink of their class is up", None, st.no_uplink);
     counter(r, "flows_moved", "Flows steered off an uplink that went down", None, st.moved);
+    counter(r, "flows_demoted", "Flows moved to a lower class past their class's demote threshold", None, st.demoted);
     let frags = counters(r, "fragments", "IP fragments by kind (first, later, orphan: a later fragment with no first)", None);
     for (kind, v) in [("first", st.frag_first), ("later", st.frag_nonfirst), ("orphan", st.frag_orphan)] {
         frags.get_or_create(&l1("kind", kind)).inc_by(v);

@@ -93,6 +93,10 @@ pub struct Status {
     /// Recent uplink switches, oldest first.
     #[serde(default)]
     pub switches: Vec<crate::uplink::Switch>,
+    /// The qdisc trees inferlane maintains (None: observe mode, or a daemon
+    /// from before the queues were wired in).
+    #[serde(default)]
+    pub queues: Option<crate::qos::QosStatus>,
 }
 
 /// DNS learning: answers to clients read from the datapath, addresses of
@@ -175,8 +179,8 @@ impl Status {
         );
         let _ = writeln!(
             out,
-            "datapath: {} packets DSCP-rewritten, {} dropped (blocked flows), {} would have been dropped (observe mode), fragments {} first / {} later / {} orphan",
-            ft.stats.dscp_rewritten, ft.stats.blocked, ft.stats.would_block, ft.stats.frag_first, ft.stats.frag_nonfirst, ft.stats.frag_orphan
+            "datapath: {} packets DSCP-rewritten, {} flows demoted to bulk, {} dropped (blocked flows), {} would have been dropped (observe mode), fragments {} first / {} later / {} orphan",
+            ft.stats.dscp_rewritten, ft.stats.demoted, ft.stats.blocked, ft.stats.would_block, ft.stats.frag_first, ft.stats.frag_nonfirst, ft.stats.frag_orphan
         );
         let r = &self.rules;
         let _ = writeln!(
@@ -217,6 +221,9 @@ impl Status {
                     if u.metered { ", metered" } else { "" },
                 );
             }
+        }
+        if let Some(q) = &self.queues {
+            let _ = write!(out, "{q}");
         }
         for s in &self.switches {
             let _ = writeln!(

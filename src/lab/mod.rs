@@ -18,6 +18,7 @@ pub mod failover;
 mod error;
 mod icmp;
 pub mod netns;
+pub mod queues;
 pub mod scenario;
 pub mod topology;
 

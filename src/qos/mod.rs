@@ -32,7 +32,7 @@ pub mod tree;
 use std::ffi::CString;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Mode};
 use crate::config::Rate;
@@ -126,7 +126,7 @@ impl LeafKind {
 }
 
 /// Which way a tree shapes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "direction")]
 pub enum Role {
     /// Upload, on an uplink interface.
@@ -239,7 +239,7 @@ impl Qos {
     /// What is in place, for status output.
     pub fn describe(&self) -> QosStatus {
         QosStatus {
-            leaf_qdisc: self.leaf.map(LeafKind::kind),
+            leaf_qdisc: self.leaf.map(|k| k.kind().to_owned()),
             leaf_fallback: self.leaf_fallback.clone(),
             download_rate: self.download.map(|r| r.to_string()),
             interfaces: self
@@ -255,7 +255,7 @@ impl Qos {
                         .leaves
                         .iter()
                         .map(|l| ClassStatus {
-                            lane: l.lane.name(),
+                            lane: l.lane.name().to_owned(),
                             classid: format!("{:x}:{:x}", ROOT_MAJOR, l.class.minor),
                             rate_bits: l.class.rate * 8,
                             ceil_bits: l.class.ceil * 8,
@@ -496,17 +496,17 @@ where
 }
 
 /// `inferlane status` material.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QosStatus {
     /// "fq_codel", "cake" or "bfifo"; None when no tree was built.
-    pub leaf_qdisc: Option<&'static str>,
+    pub leaf_qdisc: Option<String>,
     /// Kinds tried before the one chosen, and why they failed.
     pub leaf_fallback: Vec<String>,
     pub download_rate: Option<String>,
     pub interfaces: Vec<InterfaceStatus>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InterfaceStatus {
     pub interface: String,
     pub role: Role,
@@ -516,9 +516,9 @@ pub struct InterfaceStatus {
     pub classes: Vec<ClassStatus>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassStatus {
-    pub lane: &'static str,
+    pub lane: String,
     pub classid: String,
     pub rate_bits: u64,
     pub ceil_bits: u64,
@@ -530,7 +530,7 @@ impl fmt::Display for QosStatus {
         if self.interfaces.is_empty() {
             return writeln!(f, "queues: none");
         }
-        write!(f, "queues: leaf {}", self.leaf_qdisc.unwrap_or("-"))?;
+        write!(f, "queues: leaf {}", self.leaf_qdisc.as_deref().unwrap_or("-"))?;
         if !self.leaf_fallback.is_empty() {
             write!(f, " (fallback; {})", self.leaf_fallback.join(", "))?;
         }

@@ -281,6 +281,35 @@ impl Uplinks {
         Ok(Some(switch))
     }
 
+    /// The uplinks that carry unclassified (default) traffic now, by name: where
+    /// the steering entry of class 0 sends new flows (all members when equal
+    /// uplinks share it). When that entry has no usable choice (an explicit
+    /// `default_uplinks` list that is all down, or left to the main table), the
+    /// first usable uplink in priority order. Empty when none is usable. The
+    /// LAN download queues follow the sum of their `ingress_rate`s.
+    pub fn carrying_default(&self) -> Vec<String> {
+        let usable = self.usable();
+        let steering = steer::steering(&self.config, &usable);
+        let mut names: Vec<String> = Vec::new();
+        if let Some((_, st)) = steering.iter().find(|(class, _)| *class == 0) {
+            for &slot in &st.slot[..] {
+                if st.n == 0 || slot == 0 {
+                    continue;
+                }
+                let name = &self.config.uplinks[usize::from(slot) - 1].name;
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        if names.is_empty() {
+            let mut order: Vec<usize> = (0..self.config.uplinks.len()).filter(|&i| usable[i]).collect();
+            order.sort_by_key(|&i| self.config.uplinks[i].priority);
+            names.extend(order.first().map(|&i| self.config.uplinks[i].name.clone()));
+        }
+        names
+    }
+
     /// Learn uplink `index`'s gateways again (route or address events).
     pub async fn refresh_routes(&mut self, index: usize) -> Result<bool, RouteError> {
         self.routing.refresh(index).await
