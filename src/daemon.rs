@@ -776,8 +776,13 @@ async fn uplink_events(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
                     let down = t.to == crate::uplink::health::State::Down;
                     // Up needs the carrier too; Unknown (start) changes nothing.
                     if (up && u.carrier(index)) || down {
-                        if let Err(e) = u.set_usable(index, up, &t.reason.to_string(), &state.datapath) {
-                            tracing::error!(error = %e, uplink = %report.uplink, "uplink state");
+                        match u.set_usable(index, up, &t.reason.to_string(), &state.datapath) {
+                            Ok(Some(_)) => state.follow_active_uplink(u),
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, uplink = %report.uplink, "uplink state");
+                                state.follow_active_uplink(u);
+                            }
                         }
                     }
                 }
