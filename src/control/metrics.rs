@@ -303,6 +303,25 @@ fn snapshot_metrics(r: &mut Registry, s: &Status, flows: &[FlowInfo]) {
         pinned.get_or_create(&name).set(u.flows as i64);
         failovers.get_or_create(&name).inc_by(u.downs);
     }
+    // Health probes, for uplinks that have them.
+    let probed: Vec<_> = s.uplinks.iter().filter_map(|u| u.health.as_ref().map(|h| (u, h))).collect();
+    if !probed.is_empty() {
+        type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+        let loss = Family::<Labels, FloatGauge>::default();
+        r.register("uplink_probe_loss_ratio", "Share of recent probe rounds without a timely answer", loss.clone());
+        let rtt = Family::<Labels, FloatGauge>::default();
+        r.register_with_unit("uplink_probe_rtt", "Smoothed probe round-trip time", Unit::Seconds, rtt.clone());
+        let pbytes = counters(r, "uplink_probe", "IP bytes of health probes, by direction (sent, received)", Some(Unit::Bytes));
+        for (u, h) in probed {
+            let name = l1("uplink", &u.name);
+            loss.get_or_create(&name).set(h.loss_ratio);
+            if let Some(ms) = h.srtt_ms {
+                rtt.get_or_create(&name).set(ms / 1000.0);
+            }
+            pbytes.get_or_create(&l2("uplink", &u.name, "direction", "sent")).inc_by(h.probe_bytes_sent);
+            pbytes.get_or_create(&l2("uplink", &u.name, "direction", "received")).inc_by(h.probe_bytes_received);
+        }
+    }
 
     // Live flows (gauges: a flow's numbers leave the sums when it ends).
     let live = gauges(r, "live_flows", "Flows in the flow table now, by class, provider and how they were classified", None);
