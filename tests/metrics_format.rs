@@ -96,6 +96,7 @@ fn status() -> Status {
         // The bounded history holds only the latest switch; the counter must
         // come from `downs`, not from here.
         switches: vec![Switch { at_ms: 1, uplink: "lte".into(), up: false, reason: "carrier lost".into(), flows_ended: 0 }],
+        export: Vec::new(),
     }
 }
 
