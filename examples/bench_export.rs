@@ -167,9 +167,62 @@ fn collected(dir: &Path) -> Result<(u64, u64)> {
     Ok((get("Packets")?, get("Flows")?))
 }
 
+fn lan_rx(lab: &Lab) -> Result<u64> {
+    Ok(lab.link_stats(Role::Router, addr::ROUTER_LAN_IF)?.rx_packets)
+}
+
+fn inferlane_side(lab: &mut Lab, work: &WorkDir, bin: &Path, cfg: &Path, packets: u64, export: bool, start: Instant) -> Result<Side> {
+    let tag = if export { "inferlane" } else { "inferlane-noexport" };
+    let dir = work.path().join(tag);
+    let nfcapd = start_nfcapd(lab, &dir)?;
+    let socket = work.path().join("control.sock");
+    let mut config = lab_config_base(&socket, "flow_table_size = 262144");
+    if export {
+        config += &format!(
+            "\n[export]\ncollectors = [\"127.0.0.1:{COLLECTOR_PORT}\"]\nformat = \"ipfix\"\nactive_timeout = \"10s\"\ninactive_timeout = \"5s\"\n"
+        );
+    }
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let mut daemon = DaemonProcess::start(bin, lab, work, &config)?;
+    let pid = daemon.pid().ok_or_else(|| anyhow!("daemon pid"))?;
+    let ids: Vec<u32> = daemon.status()?.interfaces.iter().flat_map(|i| i.prog_ids.all()).filter(|&id| id != 0).collect();
+    log(start, format!("{tag} pid {pid}, programs {ids:?}; sending {packets} packets"));
+    let (c0, b0, r0) = (cpu_ns(pid)?, bpf_run_ns(&ids), lan_rx(lab)?);
+    let send_time = send(lab, cfg, packets)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (b1, r1) = (bpf_run_ns(&ids), lan_rx(lab)?);
+    // The stop exports everything in flight; read the CPU until it exits.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let mut c1 = c0;
+    while let Ok(c) = cpu_ns(pid) {
+        c1 = c;
+        if is_zombie(pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = daemon.stop(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(lab, nfcapd)?;
+    let (seen, records) = if export { collected(&dir)? } else { (0, 0) };
+    log(start, format!("{tag}: sent in {send_time:?}, lan0 got {}, process {} ms, eBPF {} ms over {} runs, seen {seen}", r1 - r0, (c1 - c0) / 1_000_000, (b1.0 - b0.0) / 1_000_000, b1.1 - b0.1));
+    Ok(Side {
+        name: if export { "inferlane, IPFIX export" } else { "inferlane, no [export] (flow scan only)" },
+        sent: packets,
+        received: r1 - r0,
+        send_time,
+        process_ns: c1 - c0,
+        bpf_ns: b1.0 - b0.0,
+        seen,
+        records,
+    })
+}
+
 struct Side {
     name: &'static str,
     sent: u64,
+    /// Packets the router's lan0 received (rx_packets): what an exporter there can see.
+    received: u64,
     send_time: Duration,
     process_ns: u64,
     bpf_ns: u64,
@@ -193,41 +246,9 @@ fn run() -> Result<()> {
     std::fs::write(&cfg, trafgen_config(&router_mac(&lab)?))?;
     let mut sides = Vec::new();
 
-    // A: inferlane.
-    {
-        let dir = work.path().join("inferlane");
-        let nfcapd = start_nfcapd(&mut lab, &dir)?;
-        let socket = work.path().join("control.sock");
-        let config = format!(
-            "{}\n[export]\ncollectors = [\"127.0.0.1:{COLLECTOR_PORT}\"]\nformat = \"ipfix\"\nactive_timeout = \"10s\"\ninactive_timeout = \"5s\"\n",
-            lab_config_base(&socket, "flow_table_size = 262144")
-        );
-        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
-        let mut daemon = DaemonProcess::start(&bin, &lab, &work, &config)?;
-        let pid = daemon.pid().ok_or_else(|| anyhow!("daemon pid"))?;
-        let ids: Vec<u32> = daemon.status()?.interfaces.iter().flat_map(|i| i.prog_ids.all()).filter(|&id| id != 0).collect();
-        log(start, format!("inferlane pid {pid}, programs {ids:?}; sending {} packets", args.packets));
-        let (c0, b0) = (cpu_ns(pid)?, bpf_run_ns(&ids));
-        let send_time = send(&mut lab, &cfg, args.packets)?;
-        std::thread::sleep(Duration::from_secs(2));
-        let b1 = bpf_run_ns(&ids);
-        // The stop exports everything in flight; read the CPU just before it exits.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-        let mut c1 = c0;
-        while let Ok(c) = cpu_ns(pid) {
-            c1 = c;
-            if is_zombie(pid) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = daemon.stop(Duration::from_secs(30));
-        std::thread::sleep(Duration::from_secs(1));
-        terminate(&mut lab, nfcapd)?;
-        let (seen, records) = collected(&dir)?;
-        log(start, format!("inferlane: sent in {send_time:?}, process {} ms, eBPF {} ms over {} runs, seen {seen}", (c1 - c0) / 1_000_000, (b1.0 - b0.0) / 1_000_000, b1.1 - b0.1));
-        sides.push(Side { name: "inferlane (IPFIX)", sent: args.packets, send_time, process_ns: c1 - c0, bpf_ns: b1.0 - b0.0, seen, records });
-    }
+    // A: inferlane exporting; A0: inferlane with no [export] (the flow scan alone).
+    sides.push(inferlane_side(&mut lab, &work, &bin, &cfg, args.packets, true, start)?);
+    sides.push(inferlane_side(&mut lab, &work, &bin, &cfg, args.packets, false, start)?);
 
     // B: softflowd on the bare router.
     {
@@ -244,10 +265,11 @@ fn run() -> Result<()> {
             ],
         )?;
         std::thread::sleep(Duration::from_secs(1));
-        let c0 = cpu_ns(sf)?;
+        let (c0, r0) = (cpu_ns(sf)?, lan_rx(&lab)?);
         log(start, format!("softflowd pid {sf}; sending {} packets", args.packets));
         let send_time = send(&mut lab, &cfg, args.packets)?;
         std::thread::sleep(Duration::from_secs(2));
+        let r1 = lan_rx(&lab)?;
         // softflowd expires and exports every flow on SIGTERM.
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sf as i32), nix::sys::signal::Signal::SIGTERM);
         let mut c1 = c0;
@@ -262,7 +284,7 @@ fn run() -> Result<()> {
         terminate(&mut lab, nfcapd)?;
         let (seen, records) = collected(&dir)?;
         log(start, format!("softflowd: sent in {send_time:?}, process {} ms, seen {seen}", (c1 - c0) / 1_000_000));
-        sides.push(Side { name: "softflowd 1.x (IPFIX)", sent: args.packets, send_time, process_ns: c1 - c0, bpf_ns: 0, seen, records });
+        sides.push(Side { name: "softflowd, IPFIX export", sent: args.packets, received: r1 - r0, send_time, process_ns: c1 - c0, bpf_ns: 0, seen, records });
     }
 
     let section = render(&sides);
@@ -292,29 +314,31 @@ fn render(sides: &[Side]) -> String {
          same router with no inferlane, `-m 262144 -t maxlife=10 -t udp=5 -v 10`, exporting to nfcapd; CPU = its user+system \
          time until it exits after SIGTERM (which exports everything). The kernel's copy of each packet to softflowd's \
          packet socket runs in softirq and is not in its figure: softflowd's cost is a lower bound. Packets seen = packets \
-         in the records nfcapd stored (nfdump -I) / packets trafgen sent. One run of each.\n"
+         in the records nfcapd stored (nfdump -I) / packets the router's lan0 received (rx_packets; trafgen's \
+         excess is dropped before it). A third run, inferlane with no `[export]`, separates the daemon's \
+         flow-table scan (once a second, whole table) from the export proper. One run of each.\n"
     );
-    let _ = writeln!(o, "| exporter | packets sent | send rate (pps) | process CPU (ms) | eBPF CPU (ms) | CPU per million packets (ms) | packets seen | records |");
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "| configuration | packets sent | received by lan0 | rate received (pps) | process CPU (ms) | eBPF CPU (ms) | CPU per million packets received (ms) | packets seen | records |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
     for s in sides {
         let total = (s.process_ns + s.bpf_ns) as f64 / 1e6;
         let _ = writeln!(
             o,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2}% ({}) | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} |",
             s.name,
             s.sent,
-            s.sent as f64 / s.send_time.as_secs_f64(),
+            s.received,
+            s.received as f64 / s.send_time.as_secs_f64(),
             s.process_ns as f64 / 1e6,
             s.bpf_ns as f64 / 1e6,
-            total / (s.sent as f64 / 1e6),
-            s.seen as f64 * 100.0 / s.sent as f64,
-            s.seen,
+            total / (s.received as f64 / 1e6),
+            if s.name.contains("no [export]") { "-".to_string() } else { format!("{:.3}% ({})", s.seen as f64 * 100.0 / s.received as f64, s.seen) },
             s.records
         );
     }
-    if let [a, b] = sides {
-        let ca = (a.process_ns + a.bpf_ns) as f64 / a.sent as f64;
-        let cb = (b.process_ns + b.bpf_ns) as f64 / b.sent as f64;
+    if let [a, _, b] = sides {
+        let ca = (a.process_ns + a.bpf_ns) as f64 / a.received as f64;
+        let cb = (b.process_ns + b.bpf_ns) as f64 / b.received as f64;
         let _ = writeln!(o, "\nsoftflowd / inferlane CPU per packet: {:.1}× (budget ≥ 10×).\n", cb / ca);
     }
     o
