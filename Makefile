@@ -78,8 +78,9 @@ check-clean:
 	[ "$$progs" = 0 ] || left="$$left $$progs inferlane programs still loaded;"; \
 	if [ -n "$$left" ]; then echo "error: left behind:$$left"; exit 1; fi; echo "nothing left behind"
 
-# Debian packages only the benchmarks need (trafgen, for the forwarding benchmark).
-BENCH_APT_PACKAGES := netsniff-ng
+# Debian packages only the benchmarks need (trafgen, for the forwarding and export
+# benchmarks; softflowd, the export benchmark's comparison).
+BENCH_APT_PACKAGES := netsniff-ng softflowd
 
 ## bench: benchmarks, figures written to BENCHMARKS.md (installs BENCH_APT_PACKAGES first)
 bench: deps
@@ -95,6 +96,7 @@ bench: deps
 	$(CARGO) run --release --example bench_userspace -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_forwarding -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_queues -- --write BENCHMARKS.md
+	$(CARGO) run --release --example bench_export -- --write BENCHMARKS.md
 
 ## fuzz: cargo-fuzz on the punt parsers (DNS, TLS, QUIC, frames), FUZZ_SECONDS each
 ## (default 60). Stable Rust: no sanitizer, libFuzzer's coverage guidance only.

@@ -41,6 +41,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::control::metrics::MetricsError),
+    #[error("flow export: {0}")]
+    Export(#[from] crate::export::ExportError),
     #[error("teardown: {}", .0.join("; "))]
     Teardown(Vec<String>),
     #[error("queues: {0}")]
@@ -137,6 +139,8 @@ struct State {
     queues: Mutex<Option<crate::qos::Qos>>,
     /// What was reported of each live flow; decides ends and deletions.
     tracker: Mutex<crate::flow::FlowTracker>,
+    /// Flow records to the `[export]` collectors (None without `[export]`).
+    exporter: Mutex<Option<crate::export::FlowExporter>>,
     config_path: PathBuf,
     started: Instant,
 }
@@ -247,6 +251,7 @@ impl State {
             uplinks,
             switches,
             queues,
+            export: self.exporter.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|e| e.stats()).unwrap_or_default(),
         })
     }
 
@@ -276,6 +281,9 @@ impl State {
             let mut uplinks = self.uplinks.lock().unwrap_or_else(|p| p.into_inner());
             let mut live = self.live();
             restart_only_changes(&live.config, &p.config)?;
+            // New collectors are opened before anything is applied: a failure
+            // refuses the whole reload.
+            let new_exporter = exporter_for_reload(&live.config, &p)?;
             // Queues first: they can fail (a foreign root qdisc, netlink), and a
             // failure refuses the whole reload with the trees put back as they were.
             let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -305,6 +313,13 @@ impl State {
             }
             drop(dp);
             self.tracker.lock().unwrap_or_else(|p| p.into_inner()).set_timeouts(flow_timeouts(&p.config));
+            {
+                let mut exporter = self.exporter.lock().unwrap_or_else(|p| p.into_inner());
+                match new_exporter {
+                    Some(e) => *exporter = e,
+                    None => exporter.iter_mut().for_each(|e| e.refresh(&p.config, &p.catalog)),
+                }
+            }
             live.config = p.config;
             live.catalog = p.catalog;
             live.rules = p.rules.summary;
@@ -678,7 +693,9 @@ impl State {
 
     /// Hand flow records to the exporter (when one is configured).
     fn report_flows(&self, reports: &[crate::flow::Report]) {
-        let _ = reports;
+        if let Some(e) = self.exporter.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            e.export(reports, monotonic_ns());
+        }
     }
 }
 
@@ -980,6 +997,22 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), String> {
     }
 }
 
+/// A reload's exporter: `Some(new)` when `[export]` changed (new sockets, new
+/// sequence numbers and templates; `Some(None)` when it was removed), `None` when
+/// it stayed and the running exporter only refreshes its names.
+#[allow(clippy::type_complexity)]
+fn exporter_for_reload(old: &Config, p: &Prepared) -> Result<Option<Option<crate::export::FlowExporter>>, String> {
+    if old.export == p.config.export {
+        return Ok(None);
+    }
+    match &p.config.export {
+        Some(x) => crate::export::FlowExporter::new(x, &p.config, &p.catalog)
+            .map(|e| Some(Some(e)))
+            .map_err(|e| format!("export: {e}; the previous config stays in force")),
+        None => Ok(Some(None)),
+    }
+}
+
 fn switches(config: &Config) -> crate::bpf::maps::Switches {
     crate::bpf::maps::Switches {
         enforce: config.daemon.mode == Mode::Enforce,
@@ -1063,6 +1096,23 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         },
         None => None,
     };
+    // Collector sockets too: a collector address we cannot send to is a start error.
+    let exporter = match prepared.config.export.as_ref().map(|x| crate::export::FlowExporter::new(x, &prepared.config, &prepared.catalog)) {
+        Some(Err(e)) => {
+            if let Err(re) = socket.remove() {
+                tracing::error!(error = %re, "remove control socket");
+            }
+            if let Some(Err(re)) = bpffs.map(|fs| fs.release()) {
+                tracing::error!(error = %re, "release the bpffs");
+            }
+            return Err(e.into());
+        }
+        Some(Ok(e)) => {
+            tracing::info!(collectors = ?e.collectors().collect::<Vec<_>>(), "flow export");
+            Some(e)
+        }
+        None => None,
+    };
     let datapath = match start_datapath(&prepared) {
         Ok(dp) => dp,
         Err(e) => {
@@ -1108,6 +1158,7 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         uplinks: Mutex::new(None),
         queues: Mutex::new(None),
         tracker: Mutex::new(crate::flow::FlowTracker::new(timeouts)),
+        exporter: Mutex::new(exporter),
     });
     // Routing and steering before readiness: the first flow already goes to the
     // right uplink. Observe mode changes nothing in the packet path.

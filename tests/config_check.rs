@@ -136,8 +136,11 @@ fn example_config_loads() {
 
     let export = config.export.as_ref().expect("export is configured");
     assert_eq!(
-        export.collectors,
-        ["192.0.2.50:4739".parse::<SocketAddr>().unwrap()]
+        export.collectors().collect::<Vec<_>>(),
+        [
+            ("192.0.2.50:4739".parse::<SocketAddr>().unwrap(), ExportFormat::Ipfix),
+            ("192.0.2.51:2055".parse::<SocketAddr>().unwrap(), ExportFormat::Netflow9)
+        ]
     );
     assert_eq!(export.format, ExportFormat::Ipfix);
     assert_eq!(

@@ -98,6 +98,7 @@ fn status() -> Status {
         // come from `downs`, not from here.
         switches: vec![Switch { at_ms: 1, uplink: "lte".into(), up: false, reason: "carrier lost".into(), flows_ended: 0 }],
         queues: None,
+        export: Vec::new(),
     }
 }
 

@@ -25,7 +25,7 @@ mod validate;
 mod values;
 
 pub use schema::{
-    Action, Class, Config, Daemon, Demote, Export, ExportFormat, Health, Lan, Metrics, Mode,
+    Action, Class, CollectorConfig, Config, Daemon, Demote, Export, ExportFormat, Health, Lan, Metrics, Mode,
     ProviderConfig, Queue, Rule, Uplink,
 };
 pub use units::{format_duration, parse_duration, ByteSize, Quantity, Rate, UnitError, UnitProblem};

@@ -17,7 +17,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use super::units::{de_duration, Rate};
-use super::values::{de_cidrs, de_socket_addr, de_socket_addrs, Dscp, PortSpec, Probe};
+use super::values::{de_cidrs, de_socket_addr, Dscp, PortSpec, Probe};
 
 /// The whole configuration. Parsed once and then immutable; a reload builds a new one.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -288,11 +288,59 @@ pub enum ExportFormat {
     Netflow5,
 }
 
+impl ExportFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Ipfix => "ipfix",
+            ExportFormat::Netflow9 => "netflow9",
+            ExportFormat::Netflow5 => "netflow5",
+        }
+    }
+}
+
+/// One collector: `"IP:PORT"`, which takes `[export] format`, or
+/// `{ address = "IP:PORT", format = "netflow9" }` with its own format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectorConfig {
+    pub address: SocketAddr,
+    /// None: the `[export]` table's format.
+    pub format: Option<ExportFormat>,
+}
+
+impl<'de> Deserialize<'de> for CollectorConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CollectorConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address like \"192.0.2.50:4739\" or a table like { address = \"192.0.2.50:2055\", format = \"netflow9\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CollectorConfig, E> {
+                let address = super::values::parse_socket_addr(v).map_err(E::custom)?;
+                Ok(CollectorConfig { address, format: None })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<CollectorConfig, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Table {
+                    #[serde(deserialize_with = "de_socket_addr")]
+                    address: SocketAddr,
+                    format: Option<ExportFormat>,
+                }
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(CollectorConfig { address: t.address, format: t.format })
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Export {
-    #[serde(default, deserialize_with = "de_socket_addrs")]
-    pub collectors: Vec<SocketAddr>,
+    #[serde(default)]
+    pub collectors: Vec<CollectorConfig>,
+    /// The format of collectors that do not name their own.
     #[serde(default)]
     pub format: ExportFormat,
     #[serde(default = "default_active_timeout", deserialize_with = "de_duration")]
@@ -302,6 +350,13 @@ pub struct Export {
 }
 
 // The common defaults of flow exporters (softflowd, Cisco's inactive timeout).
+impl Export {
+    /// Each collector with the format it gets.
+    pub fn collectors(&self) -> impl Iterator<Item = (SocketAddr, ExportFormat)> + '_ {
+        self.collectors.iter().map(|c| (c.address, c.format.unwrap_or(self.format)))
+    }
+}
+
 fn default_active_timeout() -> Duration {
     Duration::from_secs(60)
 }

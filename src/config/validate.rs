@@ -495,7 +495,8 @@ impl Checker {
                     .into(),
             );
         }
-        self.duplicates(&here.join("collectors"), &export.collectors, "collector");
+        let addresses: Vec<std::net::SocketAddr> = export.collectors.iter().map(|c| c.address).collect();
+        self.duplicates(&here.join("collectors"), &addresses, "collector");
         let (active, inactive) = (export.active_timeout, export.inactive_timeout);
         if active < MIN_ACTIVE_TIMEOUT {
             self.error(
@@ -1019,6 +1020,40 @@ mod tests {
             20,
             "inactive_timeout 2m exceeds active_timeout 1m",
         );
+    }
+
+    #[test]
+    fn collectors_take_their_own_format_or_the_table_s() {
+        let text = format!(
+            "{LAN}[export]\nformat = \"netflow5\"\ncollectors = [\"127.0.0.1:4739\", {{ address = \"[::1]:2055\", format = \"netflow9\" }}, {{ address = \"127.0.0.1:9995\" }}]\n"
+        );
+        let config = parse(&text, "t.toml").unwrap_or_else(|e| panic!("expected the config to load, got:\n{e}"));
+        let got: Vec<(std::net::SocketAddr, crate::config::ExportFormat)> =
+            config.export.as_ref().unwrap().collectors().collect();
+        use crate::config::ExportFormat::*;
+        assert_eq!(
+            got,
+            [
+                ("127.0.0.1:4739".parse().unwrap(), Netflow5),
+                ("[::1]:2055".parse().unwrap(), Netflow9),
+                ("127.0.0.1:9995".parse().unwrap(), Netflow5)
+            ]
+        );
+    }
+
+    #[test]
+    fn collector_errors_point_at_the_value() {
+        // Line 4 is the collectors line; columns are 1-based.
+        let text = format!("{LAN}[export]\ncollectors = [\"127.0.0.1\"]\n");
+        expect_one(&text, 4, 15, "missing port");
+        let text = format!("{LAN}[export]\ncollectors = [{{ address = \"127.0.0.1:2055\", format = \"netflow8\" }}]\n");
+        expect_one(&text, 4, 54, "unknown variant \"netflow8\"");
+        let text = format!("{LAN}[export]\ncollectors = [{{ addr = \"127.0.0.1:2055\" }}]\n");
+        expect_one(&text, 4, 17, "unknown field \"addr\", expected \"address\" or \"format\"");
+        let text = format!("{LAN}[export]\ncollectors = [\"127.0.0.1:2055\", {{ address = \"127.0.0.1:2055\", format = \"netflow9\" }}]\n");
+        expect_one(&text, 4, 33, "duplicate collector \"127.0.0.1:2055\" (first at line 4)");
+        let text = format!("{LAN}[export]\ncollectors = [4739]\n");
+        expect_one(&text, 4, 15, "expected an address like");
     }
 
     #[test]

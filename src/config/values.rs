@@ -115,13 +115,6 @@ parsed_list!(
     "a CIDR like \"192.0.2.0/24\"",
     parse_cidr
 );
-parsed_list!(
-    de_socket_addrs,
-    AddrItem,
-    SocketAddr,
-    "an address like \"192.0.2.50:4739\"",
-    parse_socket_addr
-);
 
 pub(crate) fn de_socket_addr<'de, D: Deserializer<'de>>(
     deserializer: D,

@@ -60,14 +60,14 @@ pub struct FlowInfo {
     pub streaming: bool,
 }
 
-fn span_us(from: u64, to: u64) -> Option<u64> {
+pub(crate) fn span_us(from: u64, to: u64) -> Option<u64> {
     (from > 0 && to >= from).then(|| (to - from) / 1000)
 }
 
 /// Many small download packets over more than a second: tokens arriving one by
 /// one (server-sent events), not a bulk transfer of full-size segments. Average
 /// sizes count headers, so the bound sits well below an MSS.
-fn is_streaming(f: &Flow) -> bool {
+pub(crate) fn is_streaming(f: &Flow) -> bool {
     let long = f.first_down_payload_ns > 0 && f.last_ns.saturating_sub(f.first_down_payload_ns) >= 1_000_000_000;
     long && f.down_packets >= 20 && f.down_bytes / f.down_packets.max(1) < 400
 }

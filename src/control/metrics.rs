@@ -236,6 +236,19 @@ fn snapshot_metrics(r: &mut Registry, s: &Status, flows: &[FlowInfo]) {
         }
     }
 
+    // Flow export, per collector (only with [export]).
+    if !s.export.is_empty() {
+        let records = counters(r, "export_records", "Flow records encoded for a collector", None);
+        let messages = counters(r, "export_messages", "Export datagrams sent to a collector", None);
+        let errors = counters(r, "export_send_errors", "Export datagrams not sent (collector refused, buffer full, other)", None);
+        for c in &s.export {
+            let labels = l2("collector", &c.address, "format", &c.format);
+            records.get_or_create(&labels).inc_by(c.records);
+            messages.get_or_create(&labels).inc_by(c.sent);
+            errors.get_or_create(&labels).inc_by(c.send_errors);
+        }
+    }
+
     // The flow table (an eBPF LRU hash map).
     let ft = &s.flow_table;
     gauge(r, "flow_table_flows", "Entries in the eBPF flow table now", ft.live);

@@ -97,6 +97,9 @@ pub struct Status {
     /// from before the queues were wired in).
     #[serde(default)]
     pub queues: Option<crate::qos::QosStatus>,
+    /// Flow export, one entry per collector (empty without `[export]`).
+    #[serde(default)]
+    pub export: Vec<crate::export::CollectorStats>,
 }
 
 /// DNS learning: answers to clients read from the datapath, addresses of
@@ -224,6 +227,22 @@ impl Status {
         }
         if let Some(q) = &self.queues {
             let _ = write!(out, "{q}");
+        }
+        for c in &self.export {
+            let _ = writeln!(
+                out,
+                "export to {} ({}): {} records in {} messages, {} sent ({} bytes), {} send errors ({} refused, {} buffer full){}",
+                c.address,
+                c.format,
+                c.records,
+                c.messages,
+                c.sent,
+                c.bytes,
+                c.send_errors,
+                c.refused,
+                c.would_block,
+                if c.skipped > 0 { format!(", {} records the format cannot carry", c.skipped) } else { String::new() }
+            );
         }
         for s in &self.switches {
             let _ = writeln!(

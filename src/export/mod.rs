@@ -11,6 +11,7 @@
 //! documented in docs/export.md.
 
 pub mod collector;
+pub mod exporter;
 mod fields;
 pub mod ipfix;
 pub mod netflow5;
@@ -23,6 +24,7 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use collector::Collector;
+pub use exporter::{CollectorStats, FlowExporter};
 pub use fields::{enterprise, PEN};
 pub use ipfix::IpfixEncoder;
 pub use netflow5::Netflow5Encoder;
