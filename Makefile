@@ -68,7 +68,8 @@ test-unit:
 check-root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (apt-get, network namespaces, eBPF)"; exit 1; }
 
-## check-clean: fail if tests left namespaces (il*), inferlane pins, programs or the package behind
+## check-clean: fail if tests left namespaces (il*), inferlane pins, programs, routing rules,
+## qdiscs or the package behind
 check-clean:
 	@left=""; \
 	ns=$$(ip netns list 2>/dev/null | awk '$$1 ~ /^il[0-9]+[a-z]+-/ {print $$1}'); [ -z "$$ns" ] || left="$$left namespaces: $$ns;"; \
@@ -76,6 +77,8 @@ check-clean:
 	! dpkg-query -W -f='$${db:Status-Abbrev}' inferlane 2>/dev/null | grep -q '^[a-z]' || left="$$left the inferlane package (dpkg -P inferlane);"; \
 	progs=$$(bpftool prog show 2>/dev/null | grep -cE ' name (lan_ingress|lan_ingress_tc|lan_egress|wan_egress) ' || true); \
 	[ "$$progs" = 0 ] || left="$$left $$progs inferlane programs still loaded;"; \
+	! { ip rule; ip -6 rule; } 2>/dev/null | grep -q 'proto 173' || left="$$left inferlane routing rules (proto 173);"; \
+	! tc qdisc show 2>/dev/null | grep -q ' 1a1: ' || left="$$left inferlane qdiscs (1a1:);"; \
 	if [ -n "$$left" ]; then echo "error: left behind:$$left"; exit 1; fi; echo "nothing left behind"
 
 # Debian packages only the benchmarks need (trafgen, for the forwarding and export

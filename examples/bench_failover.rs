@@ -121,6 +121,7 @@ fn trial(bin: &Path, lab: &Lab, work: &WorkDir, failure: Failure, index: usize) 
     let lte: IpAddr = addr::ROUTER_WAN2_V4.addr.into();
     let stop = AtomicBool::new(false);
     let (cut, arrivals) = std::thread::scope(|sc| {
+        let _stop = inferlane::lab::failover::StopOnDrop(&stop);
         let sink_t = sc.spawn(|| sink(lab, SocketAddr::new(s4.into(), 9000), &stop));
         std::thread::sleep(Duration::from_millis(100));
         let stream_t = sc.spawn(|| stream(lab, SocketAddr::new(s4.into(), 9000), &stop));

@@ -93,6 +93,7 @@ fn carrier_loss_moves_interactive_flows_and_keeps_bulk_off_the_lte() {
     let lte6: IpAddr = addr::ROUTER_WAN2_V6.addr.into();
     let stop = AtomicBool::new(false);
     let (cut, bulk_refused, restored, new_flow_from) = std::thread::scope(|sc| {
+        let _stop = failover::StopOnDrop(&stop);
         let sinks = [
             sc.spawn(|| sink(&lab, SocketAddr::new(s4.into(), 9000), &stop)),
             sc.spawn(|| sink(&lab, SocketAddr::new(s6.into(), 9000), &stop)),
@@ -225,6 +226,7 @@ fn silent_blackout_is_detected_by_probes_and_failback_waits_for_the_hold() {
     let lte4: IpAddr = addr::ROUTER_WAN2_V4.addr.into();
     let stop = AtomicBool::new(false);
     let (cut, healed, arrivals) = std::thread::scope(|sc| {
+        let _stop = failover::StopOnDrop(&stop);
         let sink_t = sc.spawn(|| sink(&lab, SocketAddr::new(s4.into(), 9000), &stop));
         std::thread::sleep(Duration::from_millis(200));
         let stream_t = sc.spawn(|| stream(&lab, SocketAddr::new(s4.into(), 9000), &stop));

@@ -74,3 +74,14 @@ pub fn largest_gap(arrivals: &[Arrival], from: Instant, to: Instant) -> Duration
     let times: Vec<Instant> = arrivals.iter().map(|a| a.at).filter(|&t| t >= from && t <= to).collect();
     times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(Duration::MAX)
 }
+
+/// Sets the flag when dropped: a test that panics while a stream and a sink run
+/// in scoped threads still stops them, so the scope ends and the lab's guard
+/// removes its namespaces.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
