@@ -78,8 +78,11 @@ struct il_flow_key {
 /* First packets of a pending flow copied to userspace, at most: 12 segments of a
  * 1460-byte MSS carry a 16 KiB ClientHello (tls::MAX_SEGMENTS matches). */
 #define IL_MAX_FLOW_PUNTS 12
-/* A flow still pending after this many upload packets stops waiting. */
+/* A flow still pending after this many upload packets stops waiting, unless
+ * it punted packets to userspace: then it waits for their verdict up to
+ * IL_PENDING_MAX_NS after its start. */
 #define IL_PENDING_PACKETS 16
+#define IL_PENDING_MAX_NS 2000000000ull
 
 struct il_flow {
 	__u64 first_ns;     /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the first packet */

@@ -120,7 +120,12 @@ __noinline int il_pending(struct xdp_md *ctx, const struct il_flow_key *key, str
 		return 0;
 	}
 	if (flow->up_packets > IL_PENDING_PACKETS) {
-		flow->flags &= ~IL_FLOW_F_PENDING;
+		/* Its first packets went to userspace: the verdict comes within
+		 * milliseconds, later on a loaded box, while a download's ACKs pass
+		 * 16 packets fast. Keep looking for it (one hash lookup a packet)
+		 * for a while rather than lose it. */
+		if (!flow->punts || bpf_ktime_get_coarse_ns() - flow->first_ns > IL_PENDING_MAX_NS)
+			flow->flags &= ~IL_FLOW_F_PENDING;
 		return 0;
 	}
 	if (!payload_off || payload_off > 1024)

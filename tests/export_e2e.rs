@@ -216,7 +216,7 @@ fn collectors_receive_exact_flows_in_three_formats() {
     let pcap = work.path().join("export.pcap");
     let filter = COLLECTORS.iter().map(|c| format!("udp dst port {}", c.1)).collect::<Vec<_>>().join(" or ");
     let tcpdump = lab
-        .spawn(Role::Router, "tcpdump", &["-i", "lo", "-U", "-s", "0", "-w", &pcap.display().to_string(), &filter])
+        .spawn(Role::Router, "tcpdump", &["-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w", &pcap.display().to_string(), &filter])
         .unwrap();
 
     // The TLS server answering as the Hugging Face CDN.
