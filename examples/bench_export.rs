@@ -345,19 +345,6 @@ fn render(sides: &[Side]) -> String {
 }
 
 fn write_section(path: &str, section: &str) -> Result<()> {
-    let mut md = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let start = md.match_indices(SECTION).find(|(i, _)| *i == 0 || md[..*i].ends_with('\n')).map(|(i, _)| i);
-    match start {
-        Some(start) => {
-            let end = md[start + 1..].find("\n## ").map(|i| start + 1 + i + 1).unwrap_or(md.len());
-            md.replace_range(start..end, section);
-        }
-        None => {
-            while !md.ends_with("\n\n") {
-                md.push('\n');
-            }
-            md.push_str(section);
-        }
-    }
-    std::fs::write(path, md).with_context(|| format!("write {path}"))
+    inferlane::lab::scenario::write_bench_section(std::path::Path::new(path), SECTION, section)
+        .with_context(|| format!("write {path}"))
 }

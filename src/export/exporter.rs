@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Collector, EncoderOptions, EndReason, ExportError, FlowRecord, FlowSummary};
+use super::{Collector, EncoderOptions, ExportError, FlowRecord, FlowSummary};
 use crate::bpf::abi::{self, FlowKey};
 use crate::classify::catalog::Catalog;
 use crate::config::{Config, Export};
@@ -198,17 +198,6 @@ fn boot_ms(now_wall_ns: u64, now_mono_ns: u64) -> u64 {
     now_wall_ns.saturating_sub(now_mono_ns) / 1_000_000
 }
 
-fn end_reason(r: crate::flow::EndReason) -> EndReason {
-    use crate::flow::EndReason as F;
-    match r {
-        F::Idle => EndReason::Idle,
-        F::Active => EndReason::Active,
-        F::EndDetected => EndReason::EndDetected,
-        F::Forced => EndReason::Forced,
-        F::LackOfResources => EndReason::LackOfResources,
-    }
-}
-
 fn summary(r: &Report, tables: &Tables, start_ms: u64, end_ms: u64) -> FlowSummary {
     let (k, f): (&FlowKey, &abi::Flow) = (&r.key, &r.flow);
     // The DSCP the upload was forwarded with: the one written, or the client's own.
@@ -235,7 +224,7 @@ fn summary(r: &Report, tables: &Tables, start_ms: u64, end_ms: u64) -> FlowSumma
         end_ms: end_ms.max(start_ms),
         lan_ifindex: f.ifindex,
         wan_ifindex,
-        end_reason: end_reason(r.reason),
+        end_reason: r.reason,
         application_id: u32::from(f.provider_id),
         class_id: f.class_id,
         source: f.source,
@@ -250,6 +239,7 @@ mod tests {
     use super::*;
     use crate::bpf::abi::Flow;
     use crate::flow::Delta;
+    use crate::export::EndReason;
 
     const S: u64 = 1_000_000_000;
 

@@ -26,15 +26,9 @@ use crate::bpf::abi::{Flow, FlowKey};
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 
-/// IPFIX flowEndReason (RFC 7011 IE 136).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EndReason {
-    Idle = 1,
-    Active = 2,
-    EndDetected = 3,
-    Forced = 4,
-    LackOfResources = 5,
-}
+/// Why a flow record ends: IPFIX flowEndReason (RFC 7011 IE 136), shared with
+/// the encoders.
+pub use crate::export::EndReason;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
