@@ -8,7 +8,7 @@
 //! makes it optional and every record here is fixed length.
 
 use super::fields::{self, enterprise, ie, iana, ours, Field, Value};
-use super::packer::{Kind, Message, Packer, TemplateSchedule};
+use super::packer::{pack_records, Item, Kind, Message, Packer, TemplateSchedule};
 use super::record::{Addrs, FlowRecord};
 use super::{check_max_len, EncoderOptions, EncoderStats, ExportError};
 
@@ -114,44 +114,28 @@ impl IpfixEncoder {
         let largest_template = self.template_items().iter().map(|i| i.bytes.len()).max().unwrap_or(0);
         check_max_len(max_len, HEADER_LEN + 4 + largest_template.max(fields::record_len(&FIELDS_V6)))?;
         let mut p = Packer::new(max_len, HEADER_LEN, false);
-        if records.is_empty() && self.schedule.due(now_ms) {
-            self.start_message(&mut p, now_ms);
-        }
-        let mut scratch = Vec::with_capacity(128);
-        for rec in records {
-            let Some(addrs) = rec.addrs() else {
-                self.stats.skipped += 1;
-                continue;
-            };
-            let (set, fields) = match addrs {
-                Addrs::V4(..) => (TEMPLATE_V4, &FIELDS_V4),
-                Addrs::V6(..) => (TEMPLATE_V6, &FIELDS_V6),
-            };
-            scratch.clear();
-            fields::write_record(&mut scratch, fields, rec, addrs, 0);
-            if !p.fits(set, scratch.len(), false) {
-                self.start_message(&mut p, now_ms);
-                if !p.fits(set, scratch.len(), false) {
-                    p.open();
-                    self.schedule.continue_message();
-                }
-            }
-            p.push(set, &scratch, Kind::FlowData, false);
-        }
+        let items = self.template_items();
+        let boot_ms = 0;
+        pack_records(
+            &mut p,
+            &mut self.schedule,
+            &items,
+            now_ms,
+            records,
+            &mut self.stats.skipped,
+            |addrs| match addrs {
+                Addrs::V4(..) => TEMPLATE_V4,
+                Addrs::V6(..) => TEMPLATE_V6,
+            },
+            |out, rec, addrs| {
+                let fields = match addrs {
+                    Addrs::V4(..) => &FIELDS_V4[..],
+                    Addrs::V6(..) => &FIELDS_V6[..],
+                };
+                fields::write_record(out, fields, rec, addrs, boot_ms)
+            },
+        );
         Ok(self.finalize(p.finish(), now_ms))
-    }
-
-    fn start_message(&mut self, p: &mut Packer, now_ms: u64) {
-        p.open();
-        if self.schedule.start_message(now_ms) {
-            for item in self.template_items() {
-                if !p.fits(item.set, item.bytes.len(), item.own_set) {
-                    p.open();
-                    self.schedule.continue_message();
-                }
-                p.push(item.set, &item.bytes, item.kind, item.own_set);
-            }
-        }
     }
 
     /// Templates, options templates and options data, in the order they must arrive.
@@ -241,9 +225,3 @@ impl IpfixEncoder {
     }
 }
 
-struct Item {
-    set: u16,
-    bytes: Vec<u8>,
-    kind: Kind,
-    own_set: bool,
-}

@@ -7,7 +7,7 @@
 //! the boot-time anchor. v9 has no enterprise fields and no flowEndReason.
 
 use super::fields::{self, ie, iana, Field, Value};
-use super::packer::{Kind, Message, Packer, TemplateSchedule};
+use super::packer::{pack_records, Item, Kind, Message, Packer, TemplateSchedule};
 use super::record::{Addrs, FlowRecord};
 use super::{check_max_len, EncoderOptions, EncoderStats, ExportError};
 
@@ -65,13 +65,6 @@ pub struct Netflow9Encoder {
     stats: EncoderStats,
 }
 
-struct Item {
-    set: u16,
-    bytes: Vec<u8>,
-    kind: Kind,
-    own_set: bool,
-}
-
 impl Netflow9Encoder {
     pub fn new(options: &EncoderOptions, boot_ms: u64) -> Netflow9Encoder {
         Netflow9Encoder {
@@ -114,44 +107,28 @@ impl Netflow9Encoder {
         let largest = largest_template.max(fields::record_len(&FIELDS_V6));
         check_max_len(max_len, HEADER_LEN + (4 + largest).div_ceil(4) * 4)?;
         let mut p = Packer::new(max_len, HEADER_LEN, true);
-        if records.is_empty() && self.schedule.due(now_ms) {
-            self.start_message(&mut p, now_ms);
-        }
-        let mut scratch = Vec::with_capacity(128);
-        for rec in records {
-            let Some(addrs) = rec.addrs() else {
-                self.stats.skipped += 1;
-                continue;
-            };
-            let (set, fields) = match addrs {
-                Addrs::V4(..) => (TEMPLATE_V4, &FIELDS_V4),
-                Addrs::V6(..) => (TEMPLATE_V6, &FIELDS_V6),
-            };
-            scratch.clear();
-            fields::write_record(&mut scratch, fields, rec, addrs, self.boot_ms);
-            if !p.fits(set, scratch.len(), false) {
-                self.start_message(&mut p, now_ms);
-                if !p.fits(set, scratch.len(), false) {
-                    p.open();
-                    self.schedule.continue_message();
-                }
-            }
-            p.push(set, &scratch, Kind::FlowData, false);
-        }
+        let items = self.template_items();
+        let boot_ms = self.boot_ms;
+        pack_records(
+            &mut p,
+            &mut self.schedule,
+            &items,
+            now_ms,
+            records,
+            &mut self.stats.skipped,
+            |addrs| match addrs {
+                Addrs::V4(..) => TEMPLATE_V4,
+                Addrs::V6(..) => TEMPLATE_V6,
+            },
+            |out, rec, addrs| {
+                let fields = match addrs {
+                    Addrs::V4(..) => &FIELDS_V4[..],
+                    Addrs::V6(..) => &FIELDS_V6[..],
+                };
+                fields::write_record(out, fields, rec, addrs, boot_ms)
+            },
+        );
         Ok(self.finalize(p.finish(), now_ms))
-    }
-
-    fn start_message(&mut self, p: &mut Packer, now_ms: u64) {
-        p.open();
-        if self.schedule.start_message(now_ms) {
-            for item in self.template_items() {
-                if !p.fits(item.set, item.bytes.len(), item.own_set) {
-                    p.open();
-                    self.schedule.continue_message();
-                }
-                p.push(item.set, &item.bytes, item.kind, item.own_set);
-            }
-        }
     }
 
     fn template_items(&self) -> Vec<Item> {

@@ -211,3 +211,63 @@ mod tests {
         assert!(s.start_message(1001), "forced: due");
     }
 }
+
+/// A template, options template or options data record, and how it is packed.
+pub(crate) struct Item {
+    pub set: u16,
+    pub bytes: Vec<u8>,
+    pub kind: Kind,
+    pub own_set: bool,
+}
+
+/// Opens a message; when templates are due they go first, in order, spilling
+/// into further messages when they do not fit one.
+pub(crate) fn open_message(p: &mut Packer, schedule: &mut TemplateSchedule, items: &[Item], now_ms: u64) {
+    p.open();
+    if schedule.start_message(now_ms) {
+        for item in items {
+            if !p.fits(item.set, item.bytes.len(), item.own_set) {
+                p.open();
+                schedule.continue_message();
+            }
+            p.push(item.set, &item.bytes, item.kind, item.own_set);
+        }
+    }
+}
+
+/// Packs flow records into messages, each record into the data set `set_of` names
+/// for its address family, encoded by `write`; records without a usable address
+/// pair are counted in `skipped`. IPFIX and NetFlow v9 differ only in those two.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_records(
+    p: &mut Packer,
+    schedule: &mut TemplateSchedule,
+    items: &[Item],
+    now_ms: u64,
+    records: &[super::record::FlowRecord],
+    skipped: &mut u64,
+    set_of: impl Fn(super::record::Addrs) -> u16,
+    mut write: impl FnMut(&mut Vec<u8>, &super::record::FlowRecord, super::record::Addrs),
+) {
+    if records.is_empty() && schedule.due(now_ms) {
+        open_message(p, schedule, items, now_ms);
+    }
+    let mut scratch = Vec::with_capacity(128);
+    for rec in records {
+        let Some(addrs) = rec.addrs() else {
+            *skipped += 1;
+            continue;
+        };
+        let set = set_of(addrs);
+        scratch.clear();
+        write(&mut scratch, rec, addrs);
+        if !p.fits(set, scratch.len(), false) {
+            open_message(p, schedule, items, now_ms);
+            if !p.fits(set, scratch.len(), false) {
+                p.open();
+                schedule.continue_message();
+            }
+        }
+        p.push(set, &scratch, Kind::FlowData, false);
+    }
+}
