@@ -388,3 +388,32 @@ fn top_frame_shows_uplinks_classes_providers_and_flows() {
     let first = frame[flows_at..].lines().nth(2).unwrap();
     assert!(first.contains("10.0.0.2:40000") && first.contains("192.0.2.10:443") && first.contains("sni"), "{first:?}\n{frame}");
 }
+
+/// Uplinks with health probes get loss, RTT and probe-byte series; promtool and
+/// the OpenMetrics parser accept them.
+#[test]
+fn probe_health_series() {
+    let mut s = status();
+    s.uplinks[0].health = Some(inferlane::uplink::HealthSummary {
+        state: "up".into(),
+        loss_ratio: 0.25,
+        srtt_ms: Some(12.5),
+        probe_interval_ms: 300,
+        probes: 40,
+        probe_bytes_sent: 3600,
+        probe_bytes_received: 3400,
+    });
+    let name = s.uplinks[0].name.clone();
+    let text = to_prometheus_text(&render(&s, &flows()));
+    assert_has(
+        &text,
+        &[
+            &format!("inferlane_uplink_probe_loss_ratio{{uplink=\"{name}\"}} 0.25"),
+            &format!("inferlane_uplink_probe_rtt_seconds{{uplink=\"{name}\"}} 0.0125"),
+            &format!("inferlane_uplink_probe_bytes_total{{uplink=\"{name}\",direction=\"sent\"}} 3600"),
+            &format!("inferlane_uplink_probe_bytes_total{{uplink=\"{name}\",direction=\"received\"}} 3400"),
+        ],
+    );
+    promtool_clean(&text);
+    openmetrics_valid(&render(&s, &flows()));
+}
