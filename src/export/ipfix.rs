@@ -8,8 +8,8 @@
 //! makes it optional and every record here is fixed length.
 
 use super::fields::{self, enterprise, ie, iana, ours, Field, Value};
-use super::packer::{pack_records, Item, Kind, Message, Packer, TemplateSchedule};
-use super::record::{Addrs, FlowRecord};
+use super::packer::{pack_records, DataSet, Item, Kind, Message, Packer, TemplateSchedule};
+use super::record::FlowRecord;
 use super::{check_max_len, EncoderOptions, EncoderStats, ExportError};
 
 pub const VERSION: u16 = 10;
@@ -111,11 +111,10 @@ impl IpfixEncoder {
     /// addresses mix families, counted as skipped), led by templates and options when
     /// they are due. With no records, a templates-only message when they are due.
     pub fn encode(&mut self, records: &[FlowRecord], now_ms: u64, max_len: usize) -> Result<Vec<Vec<u8>>, ExportError> {
-        let largest_template = self.template_items().iter().map(|i| i.bytes.len()).max().unwrap_or(0);
+        let items = self.template_items();
+        let largest_template = items.iter().map(|i| i.bytes.len()).max().unwrap_or(0);
         check_max_len(max_len, HEADER_LEN + 4 + largest_template.max(fields::record_len(&FIELDS_V6)))?;
         let mut p = Packer::new(max_len, HEADER_LEN, false);
-        let items = self.template_items();
-        let boot_ms = 0;
         pack_records(
             &mut p,
             &mut self.schedule,
@@ -123,17 +122,8 @@ impl IpfixEncoder {
             now_ms,
             records,
             &mut self.stats.skipped,
-            |addrs| match addrs {
-                Addrs::V4(..) => TEMPLATE_V4,
-                Addrs::V6(..) => TEMPLATE_V6,
-            },
-            |out, rec, addrs| {
-                let fields = match addrs {
-                    Addrs::V4(..) => &FIELDS_V4[..],
-                    Addrs::V6(..) => &FIELDS_V6[..],
-                };
-                fields::write_record(out, fields, rec, addrs, boot_ms)
-            },
+            (DataSet { set: TEMPLATE_V4, fields: &FIELDS_V4 }, DataSet { set: TEMPLATE_V6, fields: &FIELDS_V6 }),
+            0,
         );
         Ok(self.finalize(p.finish(), now_ms))
     }

@@ -7,8 +7,8 @@
 //! the boot-time anchor. v9 has no enterprise fields and no flowEndReason.
 
 use super::fields::{self, ie, iana, Field, Value};
-use super::packer::{pack_records, Item, Kind, Message, Packer, TemplateSchedule};
-use super::record::{Addrs, FlowRecord};
+use super::packer::{pack_records, DataSet, Item, Kind, Message, Packer, TemplateSchedule};
+use super::record::FlowRecord;
 use super::{check_max_len, EncoderOptions, EncoderStats, ExportError};
 
 pub const VERSION: u16 = 9;
@@ -103,12 +103,11 @@ impl Netflow9Encoder {
 
     /// As [`super::IpfixEncoder::encode`].
     pub fn encode(&mut self, records: &[FlowRecord], now_ms: u64, max_len: usize) -> Result<Vec<Vec<u8>>, ExportError> {
-        let largest_template = self.template_items().iter().map(|i| i.bytes.len()).max().unwrap_or(0);
+        let items = self.template_items();
+        let largest_template = items.iter().map(|i| i.bytes.len()).max().unwrap_or(0);
         let largest = largest_template.max(fields::record_len(&FIELDS_V6));
         check_max_len(max_len, HEADER_LEN + (4 + largest).div_ceil(4) * 4)?;
         let mut p = Packer::new(max_len, HEADER_LEN, true);
-        let items = self.template_items();
-        let boot_ms = self.boot_ms;
         pack_records(
             &mut p,
             &mut self.schedule,
@@ -116,17 +115,8 @@ impl Netflow9Encoder {
             now_ms,
             records,
             &mut self.stats.skipped,
-            |addrs| match addrs {
-                Addrs::V4(..) => TEMPLATE_V4,
-                Addrs::V6(..) => TEMPLATE_V6,
-            },
-            |out, rec, addrs| {
-                let fields = match addrs {
-                    Addrs::V4(..) => &FIELDS_V4[..],
-                    Addrs::V6(..) => &FIELDS_V6[..],
-                };
-                fields::write_record(out, fields, rec, addrs, boot_ms)
-            },
+            (DataSet { set: TEMPLATE_V4, fields: &FIELDS_V4 }, DataSet { set: TEMPLATE_V6, fields: &FIELDS_V6 }),
+            self.boot_ms,
         );
         Ok(self.finalize(p.finish(), now_ms))
     }

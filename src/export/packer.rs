@@ -235,9 +235,15 @@ pub(crate) fn open_message(p: &mut Packer, schedule: &mut TemplateSchedule, item
     }
 }
 
-/// Packs flow records into messages, each record into the data set `set_of` names
-/// for its address family, encoded by `write`; records without a usable address
-/// pair are counted in `skipped`. IPFIX and NetFlow v9 differ only in those two.
+/// The data set (template id) and fields of one address family's records.
+pub(crate) struct DataSet<'a> {
+    pub set: u16,
+    pub fields: &'a [super::fields::Field],
+}
+
+/// Packs flow records into messages, IPv4 ones into `v4`'s set and IPv6 ones into
+/// `v6`'s, opening messages (templates first when due) as they fill; records
+/// without a usable address pair are counted in `skipped`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_records(
     p: &mut Packer,
@@ -246,8 +252,8 @@ pub(crate) fn pack_records(
     now_ms: u64,
     records: &[super::record::FlowRecord],
     skipped: &mut u64,
-    set_of: impl Fn(super::record::Addrs) -> u16,
-    mut write: impl FnMut(&mut Vec<u8>, &super::record::FlowRecord, super::record::Addrs),
+    (v4, v6): (DataSet<'_>, DataSet<'_>),
+    boot_ms: u64,
 ) {
     if records.is_empty() && schedule.due(now_ms) {
         open_message(p, schedule, items, now_ms);
@@ -258,16 +264,19 @@ pub(crate) fn pack_records(
             *skipped += 1;
             continue;
         };
-        let set = set_of(addrs);
+        let data = match addrs {
+            super::record::Addrs::V4(..) => &v4,
+            super::record::Addrs::V6(..) => &v6,
+        };
         scratch.clear();
-        write(&mut scratch, rec, addrs);
-        if !p.fits(set, scratch.len(), false) {
+        super::fields::write_record(&mut scratch, data.fields, rec, addrs, boot_ms);
+        if !p.fits(data.set, scratch.len(), false) {
             open_message(p, schedule, items, now_ms);
-            if !p.fits(set, scratch.len(), false) {
+            if !p.fits(data.set, scratch.len(), false) {
                 p.open();
                 schedule.continue_message();
             }
         }
-        p.push(set, &scratch, Kind::FlowData, false);
+        p.push(data.set, &scratch, Kind::FlowData, false);
     }
 }
