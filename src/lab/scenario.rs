@@ -358,7 +358,18 @@ pub fn attached(lab: &Lab, prog_ids: &[u32]) -> Vec<String> {
         }
         Err(e) => found.push(format!("could not list attached programs: {e}")),
     }
-    match lab.run(Role::Router, "bpftool", &["-j", "link", "show"]) {
+    // bpftool walks every link in the kernel by id and fails (exit 255) when one
+    // disappears between the walk and its lookup: another test or daemon on the
+    // machine detaching. A few tries get a consistent listing.
+    let mut links = lab.run(Role::Router, "bpftool", &["-j", "link", "show"]);
+    for _ in 0..4 {
+        if links.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        links = lab.run(Role::Router, "bpftool", &["-j", "link", "show"]);
+    }
+    match links {
         Ok(out) => {
             let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
             for link in v.as_array().into_iter().flatten() {
