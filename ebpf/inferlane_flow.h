@@ -338,34 +338,67 @@ static __always_inline void il_steer_class_change(struct il_flow *flow)
 
 /*
  * Bulk demotion: once a flow of a class with a threshold has moved that many
- * bytes (both directions) and lasted long enough, it takes the target class's
- * DSCP, queue (mark bits and priority) and class id, once. Its uplink stays:
- * moving it would strand the connection behind another NAT. Flows below the
- * threshold (short interactive exchanges) are never touched. One array lookup
- * per packet of a classified, not yet demoted flow; the clock is read only
- * past the byte threshold. Two CPUs crossing it at the same instant could both
- * count it; the treatment written is the same.
+ * bytes (both directions) and lasted long enough, or kept above the class's
+ * rate for a whole window, it takes the target class's DSCP, queue (mark bits
+ * and priority) and class id, once. Its uplink stays: moving it would strand
+ * the connection behind another NAT. Flows below the thresholds (short
+ * interactive exchanges) are never touched. One array lookup per packet of a
+ * classified, not yet demoted flow; the precise clock is read only past the
+ * byte threshold. Two CPUs crossing it at the same instant could both count
+ * it; the treatment written is the same.
  */
-static __always_inline void il_demote_check(struct il_flow *flow)
+static __always_inline void il_demote_take(struct il_flow *flow, const struct il_demote *d)
 {
-	__u32 cls = flow->class_id;
-	struct il_demote *d;
-
-	if (!cls || (flow->flags & IL_FLOW_F_DEMOTED) || flow->verdict == IL_VERDICT_BLOCK)
-		return;
-	d = bpf_map_lookup_elem(&class_demote, &cls);
-	if (!d || !d->after_bytes)
-		return;
-	if (flow->up_bytes + flow->down_bytes < d->after_bytes)
-		return;
-	if (d->min_age_ns && bpf_ktime_get_ns() - flow->first_ns < d->min_age_ns)
-		return;
 	flow->flags |= IL_FLOW_F_DEMOTED;
 	flow->class_id = d->class_id;
 	flow->dscp = d->dscp;
 	flow->priority = d->priority;
 	flow->mark = (d->mark & ~IL_MARK_UPLINK_MASK) | (flow->mark & IL_MARK_UPLINK_MASK);
 	IL_STAT_INC(demoted);
+}
+
+static __always_inline void il_demote_check(struct il_flow *flow)
+{
+	__u32 cls = flow->class_id;
+	struct il_demote *d;
+	__u64 total;
+
+	if (!cls || (flow->flags & IL_FLOW_F_DEMOTED) || flow->verdict == IL_VERDICT_BLOCK)
+		return;
+	d = bpf_map_lookup_elem(&class_demote, &cls);
+	if (!d)
+		return;
+	total = flow->up_bytes + flow->down_bytes;
+	if (d->after_bytes && total >= d->after_bytes &&
+	    (!d->min_age_ns || bpf_ktime_get_ns() - flow->first_ns >= d->min_age_ns)) {
+		il_demote_take(flow, d);
+		return;
+	}
+	if (d->window_units) {
+		/* Tumbling windows of `for` on the coarse clock the caller just
+		 * stored in last_ns (no extra clock read): at the first packet past
+		 * a window's end, the window is judged and the next one starts. A
+		 * flow above the rate for two windows' length is always caught; a
+		 * burst smaller than rate x `for` never is. Units of 2^20 ns
+		 * keep both fields 32 bits (a 52-day clock wrap only restarts a
+		 * window). */
+		__u32 now = (__u32)(flow->last_ns >> 20) | 1;
+		__u32 kib = (__u32)(total >> 10);
+
+		if (!flow->rate_win_start) {
+			flow->rate_win_start = now;
+			flow->rate_win_kib = kib;
+			return;
+		}
+		if (now - flow->rate_win_start < d->window_units)
+			return;
+		if ((__u64)(kib - flow->rate_win_kib) << 10 >= d->window_bytes) {
+			il_demote_take(flow, d);
+			return;
+		}
+		flow->rate_win_start = now;
+		flow->rate_win_kib = kib;
+	}
 }
 
 /* Defined once, as a global (separately verified) function, by the program that

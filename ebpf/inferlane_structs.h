@@ -112,6 +112,11 @@ struct il_flow {
 	__u8 uplink;        /* uplink index + 1; 0 main table */
 	__u8 punts;         /* packets of this flow copied to userspace */
 	__u32 ifindex;      /* LAN interface of the first packet */
+	/* Rate demotion window (see il_demote_check): its start, in units of
+	 * 2^20 ns of the coarse clock (0: not started), and the flow's total
+	 * bytes at that start, in KiB. */
+	__u32 rate_win_start;
+	__u32 rate_win_kib;
 	__u32 pad1;
 	/* Timing (precise clock, each written once per flow): the client's SYN,
 	 * the server's SYN-ACK on its way to the client, the client's ACK of it
@@ -343,9 +348,10 @@ struct il_uplink_counters {
 /* ---- Bulk demotion (written by the daemon from classes' `demote`) ------------- */
 
 /* Per class (key: class id). A flow of the class whose bytes, both directions,
- * reach after_bytes and that is at least min_age_ns old takes the target class's
- * treatment once (IL_FLOW_F_DEMOTED); its uplink bits stay. after_bytes 0: the
- * class is never demoted. */
+ * reach after_bytes and that is at least min_age_ns old, or that moves at least
+ * window_bytes within one window of window_units, takes the target class's
+ * treatment once (IL_FLOW_F_DEMOTED); its uplink bits stay. after_bytes 0: no
+ * byte threshold; window_units 0: no rate threshold; both 0: never demoted. */
 struct il_demote {
 	__u64 after_bytes;
 	__u64 min_age_ns;
@@ -354,6 +360,11 @@ struct il_demote {
 	__u8 class_id;   /* target class id */
 	__u8 dscp;       /* target DSCP, or IL_DSCP_KEEP */
 	__u8 pad[6];
+	/* Rate threshold: the config's `for` in units of 2^20 ns (~1.05 ms), and
+	 * the bytes a window that long must see (rate x `for`). */
+	__u64 window_bytes;
+	__u32 window_units;
+	__u32 pad2;
 };
 
 /* XDP metadata handed from lan_ingress (XDP) to lan_ingress_tc in front of the

@@ -5,7 +5,9 @@
 //! class's queue below the threshold and takes the target class's queue, DSCP,
 //! mark bits and class id at the packet that crosses it, keeping its uplink bits;
 //! that this happens once (FlowStats.demoted counts 1); that short flows and flows
-//! younger than `min_age` are never demoted; and that observe mode changes nothing.
+//! younger than `min_age` are never demoted; that a class with a rate threshold
+//! demotes a flow that keeps the rate for a whole window (on the datapath's real
+//! clock) and never one below it; and that observe mode changes nothing.
 //!
 //! Privileged: each test returns early (or fails, under INFERLANE_REQUIRE_PRIVILEGED=1)
 //! when not run as root.
@@ -59,9 +61,19 @@ dscp = "AF21"
 queue = "normal"
 demote = { after = "100KB", min_age = "1h", to = "bulk" }
 
+[[classes]]
+name = "streaming"
+dscp = "AF41"
+queue = "high"
+demote = { rate = "8mbit", for = "200ms", to = "bulk" }
+
 [[rules]]
 class = "interactive"
 ports = ["tcp:8443"]
+
+[[rules]]
+class = "streaming"
+ports = ["tcp:7443"]
 
 [[rules]]
 class = "patient"
@@ -72,6 +84,10 @@ const THRESHOLD: u64 = 100_000;
 const INTERACTIVE: u8 = 1;
 const BULK: u8 = 2;
 const PATIENT: u8 = 3;
+const STREAMING: u8 = 4;
+/// streaming's rate window: 8 mbit/s for 200 ms is 200,000 bytes.
+const WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+const WINDOW_BYTES: u64 = 200_000;
 const LTE: u8 = 2;
 const DSCP_AF41: u8 = 34;
 const DSCP_LE: u8 = 1;
@@ -357,4 +373,55 @@ fn observe_mode_demotes_nothing() {
     let f = h.flow(40005);
     assert!(f.up_bytes + f.down_bytes > THRESHOLD && f.flags & FLOW_F_DEMOTED == 0 && f.class_id == INTERACTIVE, "expected no demotion in observe mode: {f:?}");
     assert_eq!(h.stats().demoted, 0);
+}
+
+/// Sends 1400-byte download segments on `port`'s flow at `per_ms` packets a
+/// millisecond until it is demoted or `limit` passes; returns the time from the
+/// first segment to the demotion, if any, and the flow.
+fn stream(h: &mut Harness, port: u16, per_ms: f64, limit: std::time::Duration) -> (Option<std::time::Duration>, Flow) {
+    use std::time::Instant;
+    let reply = frame(SERVER, CLIENT, 7443, port, TcpFlags::ACK | TcpFlags::PSH, 1400);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < limit {
+        let due = (start.elapsed().as_secs_f64() * 1000.0 * per_ms) as u64 + 1;
+        while sent < due {
+            if h.download(&reply) == PRIO_LOW {
+                return (Some(start.elapsed()), h.flow(port));
+            }
+            sent += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    (None, h.flow(port))
+}
+
+#[test]
+fn rate_threshold_demotes_a_sustained_flow_after_its_window_only() {
+    if !lab::require_root_or_skip("rate_threshold_demotes_a_sustained_flow_after_its_window_only") {
+        return;
+    }
+    let mut h = Harness::load(true);
+    let before = h.stats();
+
+    // About 2.9 MB/s, above 8 mbit/s (1 MB/s): demoted once a whole window has
+    // passed (not before 200 ms, give or take the 4 ms coarse clock tick), and
+    // within two windows plus scheduling slack.
+    open(&mut h, 40010, 7443, STREAMING, PRIO_HIGH);
+    let (at, f) = stream(&mut h, 40010, 2.0, std::time::Duration::from_secs(3));
+    let at = at.unwrap_or_else(|| panic!("expected a flow above the rate to be demoted within 3 s: {f:?}"));
+    eprintln!("rate demotion after {at:?}, {} bytes", f.up_bytes + f.down_bytes);
+    assert!(at >= WINDOW - std::time::Duration::from_millis(10), "expected no demotion before a whole window ({WINDOW:?}), saw it after {at:?}");
+    assert!(at <= 2 * WINDOW + std::time::Duration::from_millis(300), "expected demotion within two windows, took {at:?}");
+    assert!(f.up_bytes + f.down_bytes >= WINDOW_BYTES, "expected at least a window's bytes before demotion: {f:?}");
+    assert_eq!((f.class_id, f.dscp, f.priority), (BULK, DSCP_LE, PRIO_LOW), "expected bulk's treatment: {f:?}");
+    assert_eq!(h.stats().demoted - before.demoted, 1, "expected exactly one demotion");
+
+    // About 0.3 MB/s for 1 s (5 windows, 300 KB in all: more than one window's
+    // bytes, but never within one window): stays.
+    open(&mut h, 40011, 7443, STREAMING, PRIO_HIGH);
+    let (at, f) = stream(&mut h, 40011, 0.2, std::time::Duration::from_secs(1));
+    assert_eq!(at, None, "expected a flow below the rate never demoted: {f:?}");
+    assert!(f.down_bytes > WINDOW_BYTES && f.class_id == STREAMING && f.flags & FLOW_F_DEMOTED == 0, "expected the slow flow to keep its class with {} bytes: {f:?}", f.down_bytes);
+    assert_eq!(h.stats().demoted - before.demoted, 1, "expected no second demotion");
 }

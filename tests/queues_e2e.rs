@@ -134,9 +134,9 @@ fn queues_keep_interactive_fast_under_bulk_follow_the_config_and_leave_nothing()
         );
     }
     for (dir, bps) in [("upload", with.upload_bps), ("download", with.download_bps)] {
-        // A margin under the 85 % budget (BENCHMARKS.md has the measured share): the
-        // shaper runs at 90 % of the link, and a loaded CI machine costs a few more.
-        assert!(bps >= 0.7 * link, "{dir}: expected bulk to keep >= 70% of the {link} bit/s link with queues, got {bps:.0} bit/s");
+        // A margin under the 85 % budget (BENCHMARKS.md has the measured share, 88-91 %
+        // of the link with the shaper at 95 %): a loaded CI machine costs a few more.
+        assert!(bps >= 0.75 * link, "{dir}: expected bulk to keep >= 75% of the {link} bit/s link with queues, got {bps:.0} bit/s");
     }
     lab.teardown().unwrap();
 }

@@ -101,6 +101,10 @@ pub struct Flow {
     /// Packets of this flow copied to userspace.
     pub punts: u8,
     pub ifindex: u32,
+    /// Rate demotion window start (units of 2^20 ns, coarse clock; 0 none).
+    pub rate_win_start: u32,
+    /// The flow's total bytes at the window's start, KiB.
+    pub rate_win_kib: u32,
     pub pad1: u32,
     pub syn_ns: u64,
     pub synack_ns: u64,
@@ -154,7 +158,7 @@ pub const FLOW_F_NO_UPLINK: u8 = 0x08;
 pub const FLOW_F_DEMOTED: u8 = 0x10;
 
 /// `struct il_demote`: bulk demotion of one class (key: class id). `after_bytes`
-/// 0: never demoted.
+/// 0: no byte threshold; `window_units` 0: no rate threshold; both: never demoted.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Demote {
@@ -166,7 +170,15 @@ pub struct Demote {
     pub class_id: u8,
     pub dscp: u8,
     pub pad: [u8; 6],
+    /// Bytes a rate window must see: the rate times `for`.
+    pub window_bytes: u64,
+    /// The window, `for`, in units of 2^20 ns (the datapath's coarse unit).
+    pub window_units: u32,
+    pub pad2: u32,
 }
+
+/// The datapath measures rate windows in units of 2^20 ns (about 1.05 ms).
+pub const RATE_WINDOW_UNIT_NS: u64 = 1 << 20;
 
 // SAFETY: repr(C), integers only, padding written out.
 unsafe impl aya::Pod for Demote {}
@@ -353,9 +365,9 @@ pub struct FragKey {
 const _: () = assert!(std::mem::size_of::<IfKey>() == 8);
 const _: () = assert!(std::mem::size_of::<Counters>() == 56);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(std::mem::size_of::<Flow>() == 120);
+const _: () = assert!(std::mem::size_of::<Flow>() == 128);
 const _: () = assert!(std::mem::size_of::<FlowStats>() == 112);
-const _: () = assert!(std::mem::size_of::<Demote>() == 32);
+const _: () = assert!(std::mem::size_of::<Demote>() == 48);
 const _: () = assert!(std::mem::size_of::<Steer>() == 4 + STEER_SLOTS);
 const _: () = assert!(std::mem::size_of::<UplinkState>() == 8);
 const _: () = assert!(std::mem::size_of::<UplinkCounters>() == 48);

@@ -214,7 +214,8 @@ pub fn compile(config: &Config) -> Result<CompiledRules, Vec<CompileError>> {
     })
 }
 
-/// Each class's bulk demotion: threshold, minimum age, and the target class's
+/// Each class's bulk demotion: thresholds (bytes with a minimum age, rate over a
+/// window), and the target class's
 /// treatment (class id, DSCP, queue mark bits, priority; no uplink bits, the
 /// flow keeps its own). Validation made sure the targets exist.
 pub fn demotions(config: &Config) -> Vec<abi::Demote> {
@@ -227,14 +228,28 @@ pub fn demotions(config: &Config) -> Vec<abi::Demote> {
             let Some(t) = target.and_then(|j| class_treatment(config, j).ok()) else {
                 return abi::Demote::default();
             };
+            let (window_bytes, window_units) = match d.rate {
+                // The window in the datapath's units (rounded up, at least one),
+                // the bytes it must see from the window actually used.
+                Some(rate) => {
+                    let ns = u64::try_from(d.window.as_nanos()).unwrap_or(u64::MAX);
+                    let units = ns.div_ceil(abi::RATE_WINDOW_UNIT_NS).clamp(1, u64::from(u32::MAX));
+                    let bytes = u128::from(rate.bytes_per_sec()) * u128::from(d.window.as_nanos()) / 1_000_000_000;
+                    (u64::try_from(bytes).unwrap_or(u64::MAX).max(1), units as u32)
+                }
+                None => (0, 0),
+            };
             abi::Demote {
-                after_bytes: d.after.bytes(),
+                after_bytes: d.after.map_or(0, |a| a.bytes()),
                 min_age_ns: u64::try_from(d.min_age.as_nanos()).unwrap_or(u64::MAX),
                 mark: t.mark,
                 priority: t.priority,
                 class_id: t.class_id,
                 dscp: t.dscp,
                 pad: [0; 6],
+                window_bytes,
+                window_units,
+                pad2: 0,
             }
         })
         .collect()

@@ -214,8 +214,9 @@ pub struct Class {
     #[serde(default)]
     pub uplinks: Vec<String>,
     /// Bulk demotion: a flow of this class that has moved `after` bytes (both
-    /// directions) and lasted `min_age` moves to class `to` (its queue and DSCP;
-    /// it keeps its uplink). Done once per flow, in the datapath.
+    /// directions) and lasted `min_age`, or kept `rate` for `for`, moves to class
+    /// `to` (its queue and DSCP; it keeps its uplink). Done once per flow, in the
+    /// datapath.
     #[serde(default)]
     pub demote: Option<Demote>,
 }
@@ -223,13 +224,26 @@ pub struct Class {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Demote {
-    pub after: super::units::ByteSize,
-    /// The flow must be at least this old too (a short burst of a big answer
-    /// is not a bulk transfer). Default 0: the byte count alone decides.
+    /// Byte threshold, both directions together.
+    #[serde(default)]
+    pub after: Option<super::units::ByteSize>,
+    /// With `after`: the flow must be at least this old too (a short burst of a
+    /// big answer is not a bulk transfer). Default 0: the byte count alone decides.
     #[serde(default, deserialize_with = "de_duration")]
     pub min_age: Duration,
+    /// Rate threshold, both directions together: a flow that keeps at least
+    /// this rate for a whole window of `for` is bulk, whatever its size so far.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    /// The rate window (`for` in the file).
+    #[serde(rename = "for", default = "default_demote_window", deserialize_with = "de_duration")]
+    pub window: Duration,
     /// The class the flow moves to.
     pub to: String,
+}
+
+fn default_demote_window() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

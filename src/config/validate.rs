@@ -26,6 +26,9 @@ pub(crate) struct Issue {
 const IFNAME_MAX: usize = 15;
 const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 const MIN_ACTIVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The shortest rate window for bulk demotion: a few round trips of a
+/// streamed answer, so one burst cannot fill a window.
+const MIN_DEMOTE_WINDOW: Duration = Duration::from_millis(100);
 // The flow scanner works in whole seconds; a shorter idle timeout would end flows
 // between two packets of an ordinary request.
 const MIN_INACTIVE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -287,7 +290,26 @@ impl Checker {
             let list: Vec<_> = class.uplinks.iter().map(String::as_str).collect();
             self.duplicates(&here.join("uplinks"), &list, "uplink");
             if let Some(demote) = &class.demote {
-                let to = here.join("demote").join("to");
+                let at = here.join("demote");
+                if demote.after.is_none() && demote.rate.is_none() {
+                    self.error(
+                        at.clone(),
+                        format!("class {:?}: demote needs a threshold: `after` (bytes), `rate` (with `for`), or both", class.name),
+                    );
+                }
+                if demote.after.is_none() && !demote.min_age.is_zero() {
+                    self.error(at.join("min_age"), "demote `min_age` applies to `after`, which is not set".to_string());
+                }
+                if demote.rate.is_some() && demote.window < MIN_DEMOTE_WINDOW {
+                    self.error(
+                        at.join("for"),
+                        format!(
+                            "demote `for` must be at least {}: a shorter window measures a burst, not a transfer",
+                            format_duration(MIN_DEMOTE_WINDOW)
+                        ),
+                    );
+                }
+                let to = at.join("to");
                 if demote.to == class.name {
                     self.error(to, format!("class {:?} cannot be demoted to itself; name a lower class", class.name));
                 } else if config.class(&demote.to).is_none() {
@@ -814,7 +836,32 @@ mod tests {
         );
         let config = crate::config::parse(&ok, "test.toml").unwrap_or_else(|e| panic!("expected a valid demotion: {e}"));
         let d = config.classes[0].demote.as_ref().expect("demote parsed");
-        assert_eq!((d.after.bytes(), d.min_age, d.to.as_str()), (20_000_000, std::time::Duration::from_secs(2), "bulk"));
+        assert_eq!(
+            (d.after.map(|a| a.bytes()), d.min_age, d.rate, d.to.as_str()),
+            (Some(20_000_000), std::time::Duration::from_secs(2), None, "bulk")
+        );
+    }
+
+    #[test]
+    fn demotion_needs_a_threshold_and_a_sane_rate_window() {
+        let bulk = "[[classes]]\nname = \"bulk\"\ndscp = \"LE\"\n";
+        let text = format!(
+            "{LAN}[[classes]]\nname = \"a\"\ndscp = \"EF\"\ndemote = {{ to = \"bulk\" }}\n[[classes]]\nname = \"b\"\ndscp = \"EF\"\ndemote = {{ min_age = \"1s\", rate = \"5mbit\", for = \"10ms\", to = \"bulk\" }}\n{bulk}"
+        );
+        expect_all(
+            &text,
+            &[
+                (6, 10, "class \"a\": demote needs a threshold"),
+                (10, 22, "demote `min_age` applies to `after`, which is not set"),
+                (10, 50, "demote `for` must be at least 100ms"),
+            ],
+        );
+        let ok = format!("{LAN}[[classes]]\nname = \"a\"\ndscp = \"EF\"\ndemote = {{ rate = \"5mbit\", to = \"bulk\" }}\n{bulk}");
+        let config = crate::config::parse(&ok, "test.toml").unwrap_or_else(|e| panic!("expected a valid rate demotion: {e}"));
+        let d = config.classes[0].demote.as_ref().expect("demote parsed");
+        assert_eq!(d.after, None);
+        assert_eq!(d.rate.map(|r| r.bytes_per_sec()), Some(625_000));
+        assert_eq!(d.window, std::time::Duration::from_secs(5), "`for` defaults to 5 s");
     }
 
     const CLASSES: &str =

@@ -17,8 +17,8 @@ use super::{addr, Lab, Role};
 
 /// The TBF bottleneck in isp1, both directions.
 pub const TBF_KBIT: u64 = 20_000;
-/// inferlane's shaping of the fiber, both directions: 90 % of the TBF rate.
-pub const SHAPE: &str = "18mbit";
+/// inferlane's shaping of the fiber, both directions: 95 % of the TBF rate.
+pub const SHAPE: &str = "19mbit";
 /// The lte's rates (its download rate is what the LAN trees follow on failover).
 pub const LTE_RATE: &str = "8mbit";
 /// The interactive request/response port (a static rule makes it interactive).

@@ -47,6 +47,11 @@ pub const MAX_GSO_SKB: u64 = 65_536;
 
 /// Time worth of the class rate a token bucket may hold (burst, cburst).
 const BURST_NS: u64 = 1_000_000;
+/// What the high lane may send back to back after being idle, at any rate: a
+/// streamed reply's chunk or a small JSON answer, so an interactive response on
+/// an otherwise idle link is never throttled to the token rate (a throttled class
+/// waits for HTB's watchdog timer, which a busy CPU delays by milliseconds).
+pub const INTERACTIVE_BURST: u64 = 16 * 1024;
 /// Time worth of the class ceiling a bfifo leaf may queue.
 const FIFO_QUEUE_NS: u64 = 20_000_000;
 /// Bounds of an explicit quantum. The kernel warns and clamps outside
@@ -173,6 +178,10 @@ impl HtbTree {
             .map(|&lane| {
                 // Rounded down, so the guarantees never add up to more than the link.
                 let rate = (u128::from(link_bytes) * u128::from(lane.share_percent()) / 100).max(1) as u64;
+                let (burst, cburst) = match lane {
+                    Lane::High => (burst(rate).max(INTERACTIVE_BURST), burst(link_bytes).max(INTERACTIVE_BURST)),
+                    _ => (burst(rate), burst(link_bytes)),
+                };
                 Leaf {
                     lane,
                     class: HtbClass {
@@ -180,8 +189,8 @@ impl HtbTree {
                         parent_minor: Some(PARENT_MINOR),
                         rate,
                         ceil: link_bytes,
-                        burst: burst(rate),
-                        cburst: burst(link_bytes),
+                        burst,
+                        cburst,
                         quantum: quantum(rate),
                         prio: lane.prio(),
                     },
@@ -205,7 +214,8 @@ impl HtbTree {
 /// Bucket size: 1 ms of the rate, at least two full frames. A bucket is what a
 /// class may send back to back after being idle; 1 ms keeps that burst short
 /// against a 5 ms latency budget, while two frames keep slow links (where 1 ms is
-/// less than a packet) from needing a timer per packet.
+/// less than a packet) from needing a timer per packet. The high lane's buckets
+/// are at least [`INTERACTIVE_BURST`] (see there; measured in BENCHMARKS.md).
 pub fn burst(rate_bytes: u64) -> u64 {
     bytes_in(rate_bytes, BURST_NS).max(2 * MTU_FRAME)
 }
@@ -346,8 +356,14 @@ mod tests {
         assert_eq!(tree.leaf(Lane::Low).class.rate, 10 * mbit);
         // 1 ms of 40 Mbit/s is 5000 bytes.
         assert_eq!(tree.leaf(Lane::High).class.quantum, 5000);
-        assert_eq!(tree.leaf(Lane::High).class.burst, 5000);
-        assert_eq!(tree.leaf(Lane::High).class.cburst, 12_500);
+        // The high lane's buckets hold at least an interactive burst; the others 1 ms.
+        assert_eq!(tree.leaf(Lane::High).class.burst, INTERACTIVE_BURST);
+        assert_eq!(tree.leaf(Lane::High).class.cburst, INTERACTIVE_BURST);
+        assert_eq!(tree.leaf(Lane::Normal).class.burst, 3750);
+        assert_eq!(tree.leaf(Lane::Normal).class.cburst, 12_500);
+        // At 1 Gbit/s, 1 ms of the link is more than the interactive floor.
+        let fast = HtbTree::new(rate("1gbit"));
+        assert_eq!(fast.leaf(Lane::High).class.cburst, 125_000);
         // 20 ms of 100 Mbit/s.
         assert_eq!(tree.leaf(Lane::Low).fifo_limit, 250_000);
     }
