@@ -112,30 +112,31 @@ fn main() {
 
     if let Some(path) = write {
         const TITLE: &str = "## Interactive round trips under bulk (queues)";
-        let mut md = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-        if !md.contains(TITLE) && !md.ends_with("\n\n") {
-            md.push('\n');
-        }
-        let start = md.find(TITLE).unwrap_or(md.len());
-        let end = md[start..].find("\n## ").map(|i| start + i + 1).unwrap_or(md.len());
         let section = format!(
             "{TITLE}\n\n\
              Command: `make bench` (`cargo run --release --example bench_queues -- --write BENCHMARKS.md`), as root.\n\
-             Kernel {}, {} CPUs. Lab fiber: TBF {link:.0} mbit with a 100 ms buffer in isp1 (bufferbloat). \
+             Kernel {}, {} CPUs, load average (1 min) {} at the end of the run (the machine is shared: \
+             other work on it shows as outliers in the p99s, idle ones included). Lab fiber: TBF {link:.0} mbit with a 100 ms buffer in isp1 (bufferbloat). \
              With inferlane: enforce mode, fiber egress_rate = ingress_rate = {SHAPE} (HTB, leaf {}); without: observe mode (no qdiscs). \
              Interactive client: one TCP connection, 64-byte request, 4 KiB reply streamed in four writes, one every 50 ms, \
              classified interactive (queue high) by port; bulk: one iperf3 CUBIC stream, classified bulk (queue low) by port, \
-             {}-s warm-up then {} s of round trips. Median of {rounds} rounds of each figure.\n\n{table}\n",
+             {}-s warm-up then {} s of round trips. Median of {rounds} rounds of each figure. \
+             The high class's buckets hold 16 KiB, the others 1 ms of their rate (README, Queues). \
+             Bulk throughput is iperf3's goodput (payload), at most 95.6 % of the link's frame rate.\n\n{table}\n",
             kernel(),
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            load_average(),
             "bfifo (this kernel has neither fq_codel nor cake)",
             WARMUP.as_secs(),
             MEASURE.as_secs(),
         );
-        md.replace_range(start..end, &section);
-        std::fs::write(&path, md).expect("write BENCHMARKS.md");
+        inferlane::lab::scenario::write_bench_section(Path::new(&path), TITLE, &section).expect("write BENCHMARKS.md");
         println!("written to {path}");
     }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?").to_string()
 }
 
 fn kernel() -> String {
