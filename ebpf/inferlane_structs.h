@@ -117,7 +117,8 @@ struct il_flow {
 	 * bytes at that start, in KiB. */
 	__u32 rate_win_start;
 	__u32 rate_win_kib;
-	__u32 pad1;
+	__u8 dscp_down;     /* DSCP of the latest download packet (forwarded as it came) */
+	__u8 pad1[3];
 	/* Timing (precise clock, each written once per flow): the client's SYN,
 	 * the server's SYN-ACK on its way to the client, the client's ACK of it
 	 * (LAN round trip), the first byte each way. Userspace derives the

@@ -76,6 +76,8 @@ int lan_egress(struct __sk_buff *skb)
 	}
 	flow->last_ns = bpf_ktime_get_coarse_ns();
 	flow->tcp_flags_down |= pkt.tcp_flags;
+	/* Downloads keep the DSCP they came with: flow export reports it. */
+	flow->dscp_down = pkt.tos >> 2;
 	/* Timing: the server's SYN-ACK and its first payload byte, once each. */
 	if (!flow->synack_ns && (pkt.tcp_flags & 0x12) == 0x12)
 		flow->synack_ns = bpf_ktime_get_ns();

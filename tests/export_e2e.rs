@@ -33,6 +33,8 @@ const PAYLOAD: u64 = 200;
 /// AF41 (34) as the interactive class writes it, and LE (1) for bulk: the TOS byte.
 const TOS_AF41: u8 = 34 << 2;
 const TOS_LE: u8 = 1 << 2;
+/// CS1 (8), which the UDP echo server in `inet` puts on its replies.
+const TOS_CS1: u8 = 8 << 2;
 
 /// (name, port, format) of each collector.
 const COLLECTORS: [(&str, u16, &str); 3] = [("ipfix", 4739, "ipfix"), ("netflow9", 2055, "netflow9"), ("netflow5", 9995, "netflow5")];
@@ -70,6 +72,11 @@ fn echo(lab: &Lab, stop: &AtomicBool) -> (u64, u64) {
         .run_in("udp echo", || {
             let s = UdpSocket::bind(("::", UDP_PORT))?;
             s.set_read_timeout(Some(Duration::from_millis(50)))?;
+            // The echoes carry CS1, set by the server: the download records must
+            // report it (downloads are forwarded with the DSCP they came with).
+            let sock = socket2::SockRef::from(&s);
+            sock.set_tclass_v6(u32::from(TOS_CS1))?;
+            sock.set_tos_v4(u32::from(TOS_CS1))?;
             let mut echoed = (0, 0);
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
@@ -303,9 +310,9 @@ fn collectors_receive_exact_flows_in_three_formats() {
     let (ip4, ip6) = (PAYLOAD + 8 + 20, PAYLOAD + 8 + 40);
     let expected = [
         Expect { key: key(&client4, &s4, ports.0, UDP_PORT), proto: "17", tos: Some(TOS_AF41), packets: DATAGRAMS, bytes: DATAGRAMS * ip4, ipv6: false, provider: None },
-        Expect { key: key(&s4, &client4, UDP_PORT, ports.0), proto: "17", tos: None, packets: echo4, bytes: echo4 * ip4, ipv6: false, provider: None },
+        Expect { key: key(&s4, &client4, UDP_PORT, ports.0), proto: "17", tos: Some(TOS_CS1), packets: echo4, bytes: echo4 * ip4, ipv6: false, provider: None },
         Expect { key: key(&client6, &s6, ports.1, UDP_PORT), proto: "17", tos: Some(TOS_AF41), packets: DATAGRAMS, bytes: DATAGRAMS * ip6, ipv6: true, provider: None },
-        Expect { key: key(&s6, &client6, UDP_PORT, ports.1), proto: "17", tos: None, packets: echo6, bytes: echo6 * ip6, ipv6: true, provider: None },
+        Expect { key: key(&s6, &client6, UDP_PORT, ports.1), proto: "17", tos: Some(TOS_CS1), packets: echo6, bytes: echo6 * ip6, ipv6: true, provider: None },
         Expect {
             key: key(&client4, &s4, tls.client_port, 443),
             proto: "6",

@@ -105,7 +105,9 @@ pub struct Flow {
     pub rate_win_start: u32,
     /// The flow's total bytes at the window's start, KiB.
     pub rate_win_kib: u32,
-    pub pad1: u32,
+    /// DSCP of the latest download packet (downloads are forwarded as they came).
+    pub dscp_down: u8,
+    pub pad1: [u8; 3],
     pub syn_ns: u64,
     pub synack_ns: u64,
     pub lan_ack_ns: u64,

@@ -211,9 +211,9 @@ fn summary(r: &Report, tables: &Tables, start_ms: u64, end_ms: u64) -> FlowSumma
         remote_port: u16::from_be(k.remote_port),
         protocol: k.proto,
         up_tos: (up_dscp & 0x3f) << 2,
-        // The datapath rewrites upload only; download goes out as it came in, and
-        // its DSCP is not recorded.
-        down_tos: 0,
+        // The datapath rewrites upload only; download goes out as it came in, with
+        // the DSCP lan_egress last saw.
+        down_tos: (f.dscp_down & 0x3f) << 2,
         up_tcp_flags: f.tcp_flags_up,
         down_tcp_flags: f.tcp_flags_down,
         up_octets: r.delta.up_bytes,
@@ -310,6 +310,14 @@ mod tests {
         assert_eq!((s.up_tos, s.wan_ifindex), (10 << 2, 0));
         let s = summary(&report(5, abi::DSCP_KEEP), &tables(), 1, 2);
         assert_eq!(s.wan_ifindex, 0, "an uplink index past the config's list is unknown");
+    }
+
+    #[test]
+    fn the_download_carries_the_dscp_it_came_with() {
+        let mut r = report(1, 34);
+        r.flow.dscp_down = 8; // CS1, as the server sent it
+        let s = summary(&r, &tables(), 1, 2);
+        assert_eq!((s.up_tos, s.down_tos), (34 << 2, 8 << 2), "upload as rewritten, download as it came");
     }
 
     #[test]
