@@ -316,7 +316,15 @@ impl State {
             {
                 let mut exporter = self.exporter.lock().unwrap_or_else(|p| p.into_inner());
                 match new_exporter {
-                    Some(e) => *exporter = e,
+                    Some(e) => {
+                        // A changed [export] starts new streams; what the old
+                        // ones still had waiting (paced) goes with them.
+                        let waiting = exporter.as_mut().map_or(0, |old| old.pump());
+                        if waiting > 0 {
+                            tracing::warn!(messages = waiting, "flow export: reload replaced the collectors with messages still waiting; they are dropped");
+                        }
+                        *exporter = e
+                    }
                     None => exporter.iter_mut().for_each(|e| e.refresh(&p.config, &p.catalog)),
                 }
             }
@@ -635,23 +643,49 @@ fn flow_timeouts(config: &Config) -> crate::flow::Timeouts {
 
 /// How often the flow table is scanned for ended flows.
 const FLOW_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often paced export messages are let out while some wait (the bucket of
+/// `export::sender::BURST` refills within it at the default pace).
+const EXPORT_PUMP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a stop waits for the paced export of what was in flight: a full
+/// default flow table (~3,400 messages) takes 0.34 s at the default pace.
+const EXPORT_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Scan the flow table every second: report ended flows, then delete them. At
 /// stop, everything still unreported is reported (forced end).
 async fn flow_lifecycle(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(FLOW_SCAN_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Paced export (export::sender): while messages wait, let them out every
+    // EXPORT_PUMP_INTERVAL; otherwise this timer stays quiet.
+    let mut pump = tokio::time::interval(EXPORT_PUMP_INTERVAL);
+    pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting = 0;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tick.tick() => {
                 let st = state.clone();
                 let _ = tokio::task::spawn_blocking(move || st.scan_flows()).await;
+                waiting = state.pump_export();
             }
+            _ = pump.tick(), if waiting > 0 => waiting = state.pump_export(),
         }
     }
     let st = state.clone();
     let _ = tokio::task::spawn_blocking(move || st.finish_flows()).await;
+    // Everything in flight goes out at its pace, for as long as the stop allows.
+    let deadline = tokio::time::Instant::now() + EXPORT_DRAIN_LIMIT;
+    loop {
+        let waiting = state.pump_export();
+        if waiting == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(messages = waiting, "flow export: stop left messages unsent after {EXPORT_DRAIN_LIMIT:?}");
+            break;
+        }
+        tokio::time::sleep(EXPORT_PUMP_INTERVAL).await;
+    }
 }
 
 impl State {
@@ -689,6 +723,11 @@ impl State {
         };
         let reports = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).finish(&flows);
         self.report_flows(&reports);
+    }
+
+    /// Lets paced export messages out; returns how many still wait.
+    fn pump_export(&self) -> usize {
+        self.exporter.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map_or(0, |e| e.pump())
     }
 
     /// Hand flow records to the exporter (when one is configured).

@@ -102,13 +102,14 @@ fn start_nfcapd(ns: &Netns, port: u16, dir: &Path) -> Proc {
     }
 }
 
-/// Sends from inside the namespace, pacing a little so a 2-core machine's loopback
-/// never drops (a drop would show as a sequence error, which is what we check).
+/// Sends from inside the namespace with the sender's own pacing, slow enough
+/// (500 a second) that a 2-core machine's loopback never drops (a drop would
+/// show as a sequence error, which is what we check).
 fn send_in(ns: &Netns, collector: SocketAddr, messages: &[Vec<u8>]) -> SendStats {
     ns.run_in("send export messages", || {
-        let mut s = UdpSender::new(collector).map_err(std::io::Error::other)?;
-        for m in messages {
-            s.send(std::slice::from_ref(m));
+        let mut s = UdpSender::new(collector, 500).map_err(std::io::Error::other)?;
+        s.send(messages.to_vec());
+        while s.pump(std::time::Instant::now()) > 0 {
             thread::sleep(Duration::from_millis(2));
         }
         Ok(s.stats())

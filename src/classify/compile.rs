@@ -234,7 +234,7 @@ pub fn demotions(config: &Config) -> Vec<abi::Demote> {
                 Some(rate) => {
                     let ns = u64::try_from(d.window.as_nanos()).unwrap_or(u64::MAX);
                     let units = ns.div_ceil(abi::RATE_WINDOW_UNIT_NS).clamp(1, u64::from(u32::MAX));
-                    let bytes = u128::from(rate.bytes_per_sec()) * u128::from(d.window.as_nanos()) / 1_000_000_000;
+                    let bytes = u128::from(rate.bytes_per_sec()) * d.window.as_nanos() / 1_000_000_000;
                     (u64::try_from(bytes).unwrap_or(u64::MAX).max(1), units as u32)
                 }
                 None => (0, 0),

@@ -26,6 +26,8 @@ pub(crate) struct Issue {
 const IFNAME_MAX: usize = 15;
 const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 const MIN_ACTIVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The slowest export pace: 100 messages a second still carry ~3,000 flows.
+const MIN_EXPORT_PACE: u32 = 100;
 /// The shortest rate window for bulk demotion: a few round trips of a
 /// streamed answer, so one burst cannot fill a window.
 const MIN_DEMOTE_WINDOW: Duration = Duration::from_millis(100);
@@ -519,6 +521,15 @@ impl Checker {
         }
         let addresses: Vec<std::net::SocketAddr> = export.collectors.iter().map(|c| c.address).collect();
         self.duplicates(&here.join("collectors"), &addresses, "collector");
+        if export.messages_per_second < MIN_EXPORT_PACE {
+            self.error(
+                here.join("messages_per_second"),
+                format!(
+                    "messages_per_second {} is below the minimum of {MIN_EXPORT_PACE}: records would wait in the backlog and be dropped",
+                    export.messages_per_second
+                ),
+            );
+        }
         let (active, inactive) = (export.active_timeout, export.inactive_timeout);
         if active < MIN_ACTIVE_TIMEOUT {
             self.error(
@@ -1050,12 +1061,13 @@ mod tests {
     fn export_limits() {
         let text = format!("{LAN}[export]\n");
         expect_one(&text, 3, 1, "export needs at least one collector");
-        let text = format!("{LAN}[export]\ncollectors = [\"192.0.2.50:4739\"]\nactive_timeout = \"500ms\"\ninactive_timeout = \"0s\"\n");
+        let text = format!("{LAN}[export]\ncollectors = [\"192.0.2.50:4739\"]\nactive_timeout = \"500ms\"\ninactive_timeout = \"0s\"\nmessages_per_second = 10\n");
         expect_all(
             &text,
             &[
                 (5, 18, "active_timeout 500ms is below the minimum of 1s"),
                 (6, 20, "inactive_timeout 0s is below the minimum of 1s"),
+                (7, 23, "messages_per_second 10 is below the minimum of 100"),
             ],
         );
         let text = format!(

@@ -240,12 +240,14 @@ fn snapshot_metrics(r: &mut Registry, s: &Status, flows: &[FlowInfo]) {
     if !s.export.is_empty() {
         let records = counters(r, "export_records", "Flow records encoded for a collector", None);
         let messages = counters(r, "export_messages", "Export datagrams sent to a collector", None);
-        let errors = counters(r, "export_send_errors", "Export datagrams not sent (collector refused, buffer full, other)", None);
+        let errors = counters(r, "export_send_errors", "Export datagrams not sent (collector refused, pacing backlog full, other)", None);
+        let backlog = gauges(r, "export_backlog_messages", "Export datagrams waiting for their turn (paced)", None);
         for c in &s.export {
             let labels = l2("collector", &c.address, "format", &c.format);
             records.get_or_create(&labels).inc_by(c.records);
             messages.get_or_create(&labels).inc_by(c.sent);
             errors.get_or_create(&labels).inc_by(c.send_errors);
+            backlog.get_or_create(&labels).set(i64::try_from(c.backlog).unwrap_or(i64::MAX));
         }
     }
 

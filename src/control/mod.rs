@@ -231,15 +231,17 @@ impl Status {
         for c in &self.export {
             let _ = writeln!(
                 out,
-                "export to {} ({}): {} records in {} messages, {} sent ({} bytes), {} send errors ({} refused, {} buffer full){}",
+                "export to {} ({}): {} records in {} messages, {} sent ({} bytes), {} waiting, {} send errors ({} refused, {} backlog full), {} buffer-full retries{}",
                 c.address,
                 c.format,
                 c.records,
                 c.messages,
                 c.sent,
                 c.bytes,
+                c.backlog,
                 c.send_errors,
                 c.refused,
+                c.backlog_dropped,
                 c.would_block,
                 if c.skipped > 0 { format!(", {} records the format cannot carry", c.skipped) } else { String::new() }
             );

@@ -20,11 +20,17 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(addr: SocketAddr, format: ExportFormat, options: &EncoderOptions, boot_ms: u64) -> Result<Collector, ExportError> {
+    pub fn new(
+        addr: SocketAddr,
+        format: ExportFormat,
+        options: &EncoderOptions,
+        boot_ms: u64,
+        rate: u32,
+    ) -> Result<Collector, ExportError> {
         Ok(Collector {
             format,
             encoder: Encoder::new(format, options, boot_ms),
-            sender: UdpSender::new(addr)?,
+            sender: UdpSender::new(addr, rate)?,
             max_len: max_len_for(addr),
             encode_errors: 0,
         })
@@ -45,12 +51,17 @@ impl Collector {
     /// Encodes and sends; never blocks, never fails (failures are counted).
     pub fn export(&mut self, records: &[FlowRecord], now_ms: u64) {
         match self.encoder.encode(records, now_ms, self.max_len) {
-            Ok(messages) => self.sender.send(&messages),
+            Ok(messages) => self.sender.send(messages),
             Err(e) => {
                 self.encode_errors += 1;
                 tracing::warn!(collector = %self.addr(), "export encode: {e}");
             }
         }
+    }
+
+    /// Sends what the pace allows now; returns the messages still waiting.
+    pub fn pump(&mut self, now: std::time::Instant) -> usize {
+        self.sender.pump(now)
     }
 
     pub fn stats(&self) -> (EncoderStats, SendStats) {

@@ -38,11 +38,18 @@ pub struct CollectorStats {
     /// Datagrams that went out, and their bytes.
     pub sent: u64,
     pub bytes: u64,
-    /// Datagrams not sent: the collector refused (nothing listens), the socket
-    /// buffer was full, or another error.
+    /// Datagrams not sent: the collector refused (nothing listens), the backlog
+    /// was full, or another error.
     pub send_errors: u64,
     pub refused: u64,
+    /// Sends that met a full socket buffer (retried from the backlog).
     pub would_block: u64,
+    /// Of the errors: dropped because the pacing backlog was full.
+    #[serde(default)]
+    pub backlog_dropped: u64,
+    /// Messages waiting for their turn now.
+    #[serde(default)]
+    pub backlog: u64,
 }
 
 /// The names a collector is told in options records, and the indexes records carry.
@@ -103,7 +110,7 @@ impl FlowExporter {
         let boot_ms = boot_ms(now_wall_ns(), crate::daemon::monotonic_ns());
         let collectors = export
             .collectors()
-            .map(|(addr, format)| Collector::new(addr, format, &options, boot_ms))
+            .map(|(addr, format)| Collector::new(addr, format, &options, boot_ms, export.messages_per_second))
             .collect::<Result<Vec<_>, _>>()?;
         let mut exporter =
             FlowExporter { collectors, config: config.clone(), tables: Tables::default(), tables_read: Instant::now() };
@@ -165,6 +172,14 @@ impl FlowExporter {
         out
     }
 
+    /// Lets paced messages out (see `sender`); returns the messages still waiting
+    /// over all collectors. The daemon calls it every few milliseconds while any
+    /// wait.
+    pub fn pump(&mut self) -> usize {
+        let now = Instant::now();
+        self.collectors.iter_mut().map(|c| c.pump(now)).sum()
+    }
+
     pub fn stats(&self) -> Vec<CollectorStats> {
         self.collectors
             .iter()
@@ -181,6 +196,8 @@ impl FlowExporter {
                     send_errors: s.send_errors,
                     refused: s.refused,
                     would_block: s.would_block,
+                    backlog_dropped: s.backlog_dropped,
+                    backlog: s.backlog,
                 }
             })
             .collect()
