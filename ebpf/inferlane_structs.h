@@ -276,8 +276,9 @@ struct il_addr_info {
 #define IL_PUNT_HTTP 4 /* the first plaintext request of a pending TCP flow */
 
 /* A verdict from userspace for a pending flow (value of flow_verdicts): the
- * datapath applies it at the flow's next upload packet, re-running the rules with
- * this provider, and deletes the entry. */
+ * datapath applies it at the flow's next packet (upload in lan_ingress, or a
+ * reply in lan_egress), re-running the rules with this provider, and deletes the
+ * entry. */
 struct il_verdict {
 	__u16 provider_id; /* 0: nothing recognised; the flow just stops waiting */
 	__u8 source;       /* IL_SRC_SNI / IL_SRC_QUIC / IL_SRC_HTTP */

@@ -5,14 +5,32 @@
  * reversed tuple to count the download in the same entry. In enforce mode it
  * sets skb->priority from the flow, which picks the download queue (the HTB
  * class) of the LAN interface's qdisc (src/qos), the way wan_egress does for the
- * upload. It never changes the verdict: TC_ACT_UNSPEC lets the next program or
- * the qdisc decide.
+ * upload. A flow still waiting for a userspace verdict (SNI, QUIC, HTTP) takes
+ * it here too: a short connection's last client packet may pass before the
+ * verdict arrives, but a reply always follows. It never drops or redirects:
+ * TC_ACT_UNSPEC lets the next program or the qdisc decide.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include "inferlane_count.h"
 #include "inferlane_flow.h"
+
+/*
+ * lan_egress's own copy of the classification (the same code as lan_ingress's
+ * il_classify_global, from inferlane_flow.h): a global function, verified once
+ * on its own, for the verdicts applied here.
+ */
+__noinline int il_classify_egress(const struct il_flow_key *key, struct il_flow *flow, __u32 provider,
+				  __u32 source)
+{
+	if (!key || !flow)
+		return 0;
+	il_classify_with(key, flow, provider, source);
+	return 0;
+}
+
+IL_DEFINE_APPLY_VERDICT(il_classify_egress)
 
 /* Enough for Ethernet, two VLAN tags, IPv6 with a few extension headers and TCP. */
 #define IL_PARSE_LEN 160
@@ -57,6 +75,9 @@ int lan_egress(struct __sk_buff *skb)
 		IL_STAT_INC(download_unmatched);
 		return TC_ACT_UNSPEC;
 	}
+	/* Before the priority below, so this packet already gets the new queue. */
+	if (flow->flags & IL_FLOW_F_PENDING)
+		il_take_verdict(&key, flow);
 	/* A GSO packet stands for gso_segs packets on the wire, each with its own
 	 * IP and transport headers: count what the client will receive. */
 	segs = skb->gso_segs ? skb->gso_segs : 1;

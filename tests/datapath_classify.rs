@@ -2648,3 +2648,271 @@ fn batched_flow_table_reads_and_deletes() {
 fn require_root_or_skip_batch() -> bool {
     lab::require_root_or_skip("batched_flow_table_reads_and_deletes")
 }
+
+// ---------------------------------------------------------------------------------
+// Userspace verdicts taken by a download packet
+// ---------------------------------------------------------------------------------
+
+/// Rules that only a provider verdict can match (no destinations: candidates
+/// everywhere).
+const CONFIG_VERDICTS: &str = r#"
+[lan]
+interfaces = ["lan0"]
+
+[[uplinks]]
+name = "fiber"
+interface = "wan0"
+
+[routing]
+default_uplinks = []
+
+[[classes]]
+name = "interactive"
+dscp = "AF41"
+queue = "high"
+uplinks = ["fiber"]
+
+# 1
+[[rules]]
+class = "interactive"
+providers = ["openai"]
+
+# 2
+[[rules]]
+action = "block"
+providers = ["deepseek"]
+"#;
+
+/// A frame of `pkt`'s headers carrying `data` as its transport payload.
+fn frame_with(pkt: &Pkt, data: &[u8]) -> Vec<u8> {
+    let (proto, l4) = transport(pkt.src, pkt.dst, pkt.l4, data);
+    let (ethertype, l3) = match (pkt.src, pkt.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (EtherTypes::Ipv4, ipv4_packet(s, d, pkt.tos, proto, V4Frag::NONE, &l4)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (EtherTypes::Ipv6, ipv6_packet(s, d, pkt.tos, proto, &l4)),
+        _ => panic!("{} -> {}: mixed families", pkt.src, pkt.dst),
+    };
+    ethernet(pkt.vlan, ethertype, &l3)
+}
+
+/// The first bytes of a TLS ClientHello record and of a QUIC v1 Initial: enough
+/// for the datapath's gate (it copies them to userspace; nobody reads them here).
+const TLS_HELLO_START: [u8; 9] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+const QUIC_INITIAL_START: [u8; 9] = [0xc3, 0x00, 0x00, 0x00, 0x01, 0x08, 0x11, 0x22, 0x33];
+
+struct VerdictCase {
+    name: &'static str,
+    client: IpAddr,
+    remote: IpAddr,
+    /// TCP: SYN, SYN-ACK, ACK, then the ClientHello; UDP/443: the Initial.
+    tcp: bool,
+    provider: &'static str,
+    source: u8,
+    /// What the flow gets once the verdict is applied.
+    want: Treatment,
+}
+
+/// The race the download hook closes: a pending flow's client packets have all
+/// passed (handshake, ClientHello) when userspace's verdict lands in
+/// flow_verdicts; the server's next reply, through lan_egress, applies it. The
+/// flow then carries the verdict's provider, source, rule, class, DSCP, mark and
+/// uplink, no longer waits, the verdict is gone from the map, and that very reply
+/// already leaves with the class's skb->priority (enforce mode). The client's next
+/// upload packet gets the DSCP rewrite and metadata of the class. Also: a verdict
+/// that recognised nothing only ends the wait; a block verdict taken on the way
+/// down stops the next upload packet; a verdict for a flow that is not waiting is
+/// left alone; in observe mode the flow is classified but the priority untouched.
+#[test]
+fn pending_flow_takes_its_verdict_from_a_download_packet() {
+    if !lab::require_root_or_skip("pending_flow_takes_its_verdict_from_a_download_packet") {
+        return;
+    }
+    let catalog = inferlane::classify::catalog::Catalog::builtin();
+    let id = |name: &str| catalog.by_name(name).unwrap_or_else(|| panic!("expected {name} in the catalog")).id;
+    for enforce in [true, false] {
+        let mut h = Harness::load(CONFIG_VERDICTS, enforce);
+        let interactive = h.class(1, INTERACTIVE, AF41);
+        let cases = [
+            VerdictCase {
+                name: "tcp4_sni_openai",
+                client: IpAddr::V4(CLIENT4),
+                remote: v4(203, 0, 113, 40),
+                tcp: true,
+                provider: "openai",
+                source: abi::SRC_SNI,
+                want: interactive,
+            },
+            VerdictCase {
+                name: "tcp6_sni_openai",
+                client: IpAddr::V6(CLIENT6),
+                remote: v6([0x2001, 0xdb8, 0x300, 0, 0, 0, 0, 0x40]),
+                tcp: true,
+                provider: "openai",
+                source: abi::SRC_SNI,
+                want: interactive,
+            },
+            VerdictCase {
+                name: "udp4_quic_openai",
+                client: IpAddr::V4(CLIENT4),
+                remote: v4(203, 0, 113, 41),
+                tcp: false,
+                provider: "openai",
+                source: abi::SRC_QUIC,
+                want: interactive,
+            },
+            VerdictCase {
+                name: "udp6_quic_openai",
+                client: IpAddr::V6(CLIENT6),
+                remote: v6([0x2001, 0xdb8, 0x300, 0, 0, 0, 0, 0x41]),
+                tcp: false,
+                provider: "openai",
+                source: abi::SRC_QUIC,
+                want: interactive,
+            },
+            VerdictCase {
+                name: "tcp4_sni_nothing_recognised",
+                client: IpAddr::V4(CLIENT4),
+                remote: v4(203, 0, 113, 42),
+                tcp: true,
+                provider: "",
+                source: abi::SRC_SNI,
+                want: Treatment::NONE,
+            },
+            VerdictCase {
+                name: "tcp4_sni_deepseek_blocked",
+                client: IpAddr::V4(CLIENT4),
+                remote: v4(203, 0, 113, 43),
+                tcp: true,
+                provider: "deepseek",
+                source: abi::SRC_SNI,
+                want: h.block(2),
+            },
+        ];
+        let mut failures = Vec::new();
+        for (i, c) in cases.iter().enumerate() {
+            let mode = if enforce { "enforce" } else { "observe" };
+            if let Err(e) = run_verdict_case(&mut h, c, 41_000 + i as u16, enforce, &id) {
+                failures.push(format!("{} ({mode}): {e}", c.name));
+            }
+        }
+        // A flow a static rule settled (none here: the main table's unclassified
+        // UDP, not port 443) never waits, and a verdict addressed to it stays
+        // untouched by its replies (the sweep removes it later).
+        let other = udp_pkt(IpAddr::V4(CLIENT4), v4(203, 0, 113, 44), 41_100, 5000, 0);
+        h.xdp(&other.frame());
+        let v = abi::Verdict { provider_id: id("openai"), source: abi::SRC_SNI, flags: 0, pad: 0 };
+        h.dp.set_verdict(other.key(), v).expect("write the verdict");
+        let run = h.egress(&other.reply().frame());
+        let f = h.flow(&other.key()).expect("the flow not waiting");
+        let left = h.dp.verdicts().expect("read flow_verdicts");
+        if run.priority != PRIORITY_IN || f.provider_id != 0 || !left.iter().any(|(k, _)| *k == other.key()) {
+            failures.push(format!(
+                "not pending: expected its verdict ignored by lan_egress (priority {PRIORITY_IN}, provider 0, verdict \
+                 still in the map), saw priority {}, provider {}, verdict in map: {}",
+                run.priority,
+                f.provider_id,
+                left.iter().any(|(k, _)| *k == other.key())
+            ));
+        }
+        assert!(failures.is_empty(), "{} verdict case(s) failed:\n  {}", failures.len(), failures.join("\n  "));
+    }
+}
+
+fn run_verdict_case(
+    h: &mut Harness,
+    c: &VerdictCase,
+    sport: u16,
+    enforce: bool,
+    id: &dyn Fn(&str) -> u16,
+) -> Result<(), String> {
+    let up = if c.tcp {
+        tcp_pkt(c.client, c.remote, sport, 443, TCP_SYN, 0)
+    } else {
+        udp_pkt(c.client, c.remote, sport, 443, 0)
+    };
+    let key = up.key();
+    let mut frames = Vec::new();
+    if c.tcp {
+        let syn = up.frame();
+        let synack = up.reply().frame();
+        let ack = up.with_tcp_flags(TCP_ACK).frame();
+        let hello = frame_with(&up.with_tcp_flags(TCP_PSH | TCP_ACK), &TLS_HELLO_START);
+        frames.push((true, syn));
+        frames.push((false, synack));
+        frames.push((true, ack));
+        frames.push((true, hello));
+    } else {
+        frames.push((true, frame_with(&up, &QUIC_INITIAL_START)));
+    }
+    // The client's packets, and the server's SYN-ACK before any verdict exists.
+    let punted_before = h.stats().punted;
+    for (upload, frame) in &frames {
+        if *upload {
+            let run = h.xdp(frame);
+            check_ingress(&run, frame, &Treatment::NONE, enforce).map_err(|e| format!("client packet: {e}"))?;
+        } else {
+            let run = h.egress(frame);
+            check_egress(&run, frame).map_err(|e| format!("SYN-ACK: {e}"))?;
+            if run.priority != PRIORITY_IN {
+                return Err(format!("SYN-ACK before the verdict: expected priority {PRIORITY_IN}, saw {}", run.priority));
+            }
+        }
+    }
+    let punted = h.stats().punted - punted_before;
+    if punted != 1 {
+        return Err(format!("expected the hello/Initial copied to userspace once, saw {punted} punts"));
+    }
+    let f = h.flow(&key).ok_or("expected a flow after the client's packets")?;
+    if f.flags & FLOW_F_PENDING == 0 || f.provider_id != 0 {
+        return Err(format!(
+            "expected the flow pending and without provider before the verdict, saw flags {:#x}, provider {}",
+            f.flags, f.provider_id
+        ));
+    }
+
+    // The verdict arrives after the client's last packet.
+    let provider = if c.provider.is_empty() { 0 } else { id(c.provider) };
+    let v = abi::Verdict { provider_id: provider, source: c.source, flags: 0, pad: 0 };
+    h.dp.set_verdict(key, v).map_err(|e| format!("write the verdict: {e}"))?;
+
+    // The server's reply takes it.
+    let reply_pkt = if c.tcp { up.reply().with_tcp_flags(TCP_PSH | TCP_ACK) } else { up.reply() };
+    let reply = frame_with(&reply_pkt, &payload(200));
+    let run = h.egress(&reply);
+    check_egress(&run, &reply).map_err(|e| format!("reply: {e}"))?;
+    let f = h.flow(&key).ok_or("expected the flow after the reply")?;
+    let want_source = if provider == 0 { SRC_NONE } else { c.source };
+    let seen = (Treatment::of(&f), f.provider_id, f.source, f.flags & FLOW_F_PENDING);
+    let want = (c.want, provider, want_source, 0);
+    if seen != want {
+        return Err(format!(
+            "after the reply: expected (treatment, provider, source, pending) {want:?}, saw {seen:?}"
+        ));
+    }
+    if h.dp.verdicts().map_err(|e| format!("read flow_verdicts: {e}"))?.iter().any(|(k, _)| *k == key) {
+        return Err("expected the verdict removed from flow_verdicts once applied".into());
+    }
+    let want_priority = if enforce && c.want.priority != 0 { c.want.priority } else { PRIORITY_IN };
+    if run.priority != want_priority {
+        return Err(format!(
+            "expected the reply that took the verdict to leave with priority {want_priority:#x}, saw {:#x}",
+            run.priority
+        ));
+    }
+    if (f.down_packets, f.down_bytes) != (if c.tcp { 2 } else { 1 }, ip_len(&reply) + if c.tcp { ip_len(&frames[1].1) } else { 0 }) {
+        return Err(format!("expected the download counted as usual, saw {} packets, {} bytes", f.down_packets, f.down_bytes));
+    }
+
+    // The client's next packet is treated as the class says (DSCP, metadata, or
+    // the block).
+    let next = if c.tcp { up.with_tcp_flags(TCP_ACK) } else { up.with_payload(30) };
+    let frame = next.frame();
+    let blocked_before = h.stats().blocked;
+    let run = h.xdp(&frame);
+    check_ingress(&run, &frame, &c.want, enforce).map_err(|e| format!("next client packet: {e}"))?;
+    let blocked = h.stats().blocked - blocked_before;
+    let want_blocked = u64::from(enforce && c.want.verdict == VERDICT_BLOCK);
+    if blocked != want_blocked {
+        return Err(format!("expected {want_blocked} packet(s) counted blocked, saw {blocked}"));
+    }
+    Ok(())
+}

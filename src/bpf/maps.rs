@@ -220,11 +220,18 @@ impl Datapath {
     }
 
     /// Hand a verdict to a pending flow; the datapath applies it at the flow's
-    /// next upload packet and removes the entry.
+    /// next packet either way (lan_ingress or lan_egress) and removes the entry.
     pub fn set_verdict(&mut self, key: FlowKey, verdict: super::abi::Verdict) -> Result<(), BpfError> {
         let mut map: HashMap<&mut MapData, FlowKey, super::abi::Verdict> =
             HashMap::try_from(self.map_data_mut(MAP_FLOW_VERDICTS)?).map_err(map_err(MAP_FLOW_VERDICTS))?;
         map.insert(key, verdict, 0).map_err(map_err(MAP_FLOW_VERDICTS))
+    }
+
+    /// The verdicts waiting for their flow's next packet.
+    pub fn verdicts(&self) -> Result<Vec<(FlowKey, super::abi::Verdict)>, BpfError> {
+        let map: HashMap<&MapData, FlowKey, super::abi::Verdict> =
+            HashMap::try_from(self.map_data(MAP_FLOW_VERDICTS)?).map_err(map_err(MAP_FLOW_VERDICTS))?;
+        map.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(MAP_FLOW_VERDICTS))
     }
 
     /// Remove verdicts no flow will pick up: the flow ended, was evicted, or is
