@@ -7,8 +7,9 @@
  * class) of the LAN interface's qdisc (src/qos), the way wan_egress does for the
  * upload. A flow still waiting for a userspace verdict (SNI, QUIC, HTTP) takes
  * it here too: a short connection's last client packet may pass before the
- * verdict arrives, but a reply always follows. It never drops or redirects:
- * TC_ACT_UNSPEC lets the next program or the qdisc decide.
+ * verdict arrives, but a reply always follows. In enforce mode it drops the
+ * replies of blocked flows (a verdict may block a flow on the way down);
+ * otherwise TC_ACT_UNSPEC lets the next program or the qdisc decide.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -78,6 +79,15 @@ int lan_egress(struct __sk_buff *skb)
 	/* Before the priority below, so this packet already gets the new queue. */
 	if (flow->flags & IL_FLOW_F_PENDING)
 		il_take_verdict(&key, flow);
+	settings = il_settings();
+	/* Enforce mode: a blocked flow passes nothing either way. Its verdict may have
+	 * arrived with this very reply (above): a QUIC server's first flight must not
+	 * complete the client's handshake. The RST lan_ingress_tc answers a blocked
+	 * TCP segment with comes this way too, and passes. */
+	if (flow->verdict == IL_VERDICT_BLOCK && settings && settings->enforce && !(pkt.tcp_flags & 0x04)) {
+		IL_STAT_INC(blocked);
+		return TC_ACT_SHOT;
+	}
 	/* A GSO packet stands for gso_segs packets on the wire, each with its own
 	 * IP and transport headers: count what the client will receive. */
 	segs = skb->gso_segs ? skb->gso_segs : 1;
@@ -107,7 +117,6 @@ int lan_egress(struct __sk_buff *skb)
 		flow->flags |= IL_FLOW_F_FRAGMENTS;
 	/* Bulk shows in the download: demote before the priority below is set, so
 	 * the packet that crosses the threshold already goes to the lower queue. */
-	settings = il_settings();
 	if (settings && settings->enforce)
 		il_demote_check(flow);
 	/* Download queue: TC egress runs before the device's qdisc, so the priority

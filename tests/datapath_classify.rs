@@ -61,6 +61,7 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC is -1; the kernel reports the verdict as a u32.
 const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+const TC_ACT_SHOT: u32 = 2;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -90,6 +91,7 @@ const TCP_FIN: u8 = TcpFlags::FIN;
 const TCP_SYN: u8 = TcpFlags::SYN;
 const TCP_PSH: u8 = TcpFlags::PSH;
 const TCP_ACK: u8 = TcpFlags::ACK;
+const TCP_RST: u8 = TcpFlags::RST;
 
 // ---------------------------------------------------------------------------------
 // The config under test
@@ -1356,8 +1358,21 @@ fn run_case(h: &mut Harness, c: &Case, enforce: bool) -> Result<(), String> {
             Err(e) => return Err(format!("upload packet {i} via lan_ingress: {e}")),
         }
     }
+    let mut down_dropped = 0;
     for (i, frame) in c.down.iter().enumerate() {
         let run = h.egress(frame);
+        // Enforce mode: a blocked flow's replies are dropped (all but a RST, which
+        // is how the router answers the client).
+        if blocked_reply(frame, &c.want, enforce) {
+            if run.verdict != TC_ACT_SHOT {
+                return Err(format!(
+                    "download packet {i} via lan_egress of a blocked flow: expected TC_ACT_SHOT, saw {:#x}",
+                    run.verdict
+                ));
+            }
+            down_dropped += 1;
+            continue;
+        }
         check_egress(&run, frame)
             .map_err(|e| format!("download packet {i} via lan_egress: {e}"))?;
         // Enforce mode: the flow's queue for the LAN interface's qdisc (src/qos).
@@ -1378,7 +1393,7 @@ fn run_case(h: &mut Harness, c: &Case, enforce: bool) -> Result<(), String> {
         frag_first: c.frag_stats[0],
         frag_nonfirst: c.frag_stats[1],
         frag_orphan: c.frag_stats[2],
-        blocked: if blocked { c.up.len() as u64 } else { 0 },
+        blocked: if blocked { c.up.len() as u64 + down_dropped } else { 0 },
         dscp_rewritten: rewritten,
         download_unmatched: 0,
     };
@@ -1398,18 +1413,35 @@ fn run_case(h: &mut Harness, c: &Case, enforce: bool) -> Result<(), String> {
             keys.join("\n    ")
         ));
     };
-    check_flow(h, flow, c)
+    check_flow(h, flow, c, enforce)
 }
 
-fn check_flow(h: &Harness, flow: &Flow, c: &Case) -> Result<(), String> {
+/// Whether lan_egress drops this download packet of a flow with treatment `t`:
+/// enforce mode, a blocked flow, and not a TCP RST.
+fn blocked_reply(frame: &[u8], t: &Treatment, enforce: bool) -> bool {
+    enforce && t.verdict == VERDICT_BLOCK && !is_tcp_rst(frame)
+}
+
+fn is_tcp_rst(frame: &[u8]) -> bool {
+    let (l3, ethertype) = l3_of(frame);
+    let l4 = match ethertype {
+        ETH_P_IP if frame[l3 + 9] == 6 => l3 + (frame[l3] & 0x0f) as usize * 4,
+        ETH_P_IPV6 if frame[l3 + 6] == 6 => l3 + 40,
+        _ => return false,
+    };
+    frame.get(l4 + 13).is_some_and(|f| f & 0x04 != 0)
+}
+
+fn check_flow(h: &Harness, flow: &Flow, c: &Case, enforce: bool) -> Result<(), String> {
     let t = &c.want;
+    let delivered: Vec<&Vec<u8>> = c.down.iter().filter(|f| !blocked_reply(f, t, enforce)).collect();
     // Start from what was seen, so that times (checked below) and any field added to
     // the struct later compare equal; every field this test predicts is set.
     let mut want = *flow;
     want.up_packets = c.up.len() as u64;
     want.up_bytes = c.up.iter().map(|f| ip_len(f)).sum();
-    want.down_packets = c.down.len() as u64;
-    want.down_bytes = c.down.iter().map(|f| ip_len(f)).sum();
+    want.down_packets = delivered.len() as u64;
+    want.down_bytes = delivered.iter().map(|f| ip_len(f)).sum();
     want.rule_id = t.rule_id;
     want.mark = t.mark;
     want.priority = t.priority;
@@ -1420,7 +1452,8 @@ fn check_flow(h: &Harness, flow: &Flow, c: &Case) -> Result<(), String> {
     want.source = t.source();
     want.dscp_seen = tos_of(&c.up[0]) >> 2;
     want.tcp_flags_up = c.tcp_up;
-    want.tcp_flags_down = c.tcp_down;
+    // The flags of the replies that went through (a blocked flow's are dropped).
+    want.tcp_flags_down = if delivered.len() == c.down.len() { c.tcp_down } else { 0 };
     // Whether the flow waits for a userspace verdict (SNI/QUIC), and how many of
     // its packets were copied out, depend on payloads and on the ring buffer's room;
     // the SNI path is tested end to end in tests/sni_e2e.rs.
@@ -1632,7 +1665,8 @@ fn cases(h: &Harness) -> Vec<Case> {
             udp_pkt(c4, v4(192, 0, 3, 0), 41_015, 7000, EF << 2),
             none,
         ),
-        // Rule 3: blocked client, tcp:443, any destination; the reply still counts.
+        // Rule 3: blocked client, tcp:443, any destination; in enforce mode a reply
+        // (a server answering a SYN that raced the verdict) is dropped too.
         Case::new(
             "rule3_block_v4_tcp443",
             &[
@@ -1657,6 +1691,14 @@ fn cases(h: &Harness) -> Vec<Case> {
         Case::one(
             "rule3_block_before_rule4",
             tcp_pkt(c4_blocked, v4(198, 51, 100, 9), 41_031, 443, TCP_SYN, ECT0),
+            rule3,
+        ),
+        // The RST the router answers a blocked SYN with leaves through lan_egress:
+        // it passes and counts.
+        Case::new(
+            "rule3_block_rst_to_client_passes",
+            &[tcp_pkt(c4_blocked, v4(192, 0, 2, 21), 41_034, 443, TCP_SYN, 0)],
+            &[tcp_pkt(c4_blocked, v4(192, 0, 2, 21), 41_034, 443, TCP_SYN, 0).reply().with_tcp_flags(TCP_RST | TCP_ACK)],
             rule3,
         ),
         Case::one(
@@ -2719,7 +2761,7 @@ struct VerdictCase {
 /// already leaves with the class's skb->priority (enforce mode). The client's next
 /// upload packet gets the DSCP rewrite and metadata of the class. Also: a verdict
 /// that recognised nothing only ends the wait; a block verdict taken on the way
-/// down stops the next upload packet; a verdict for a flow that is not waiting is
+/// down drops that reply (enforce mode) and stops the next upload packet; a verdict for a flow that is not waiting is
 /// left alone; in observe mode the flow is classified but the priority untouched.
 #[test]
 fn pending_flow_takes_its_verdict_from_a_download_packet() {
@@ -2877,8 +2919,22 @@ fn run_verdict_case(
     // The server's reply takes it.
     let reply_pkt = if c.tcp { up.reply().with_tcp_flags(TCP_PSH | TCP_ACK) } else { up.reply() };
     let reply = frame_with(&reply_pkt, &payload(200));
+    let blocked_before = h.stats().blocked;
     let run = h.egress(&reply);
-    check_egress(&run, &reply).map_err(|e| format!("reply: {e}"))?;
+    // A block taken on the way down drops that very reply (enforce mode): a QUIC
+    // server's first flight must not complete the client's handshake.
+    let dropped = blocked_reply(&reply, &c.want, enforce);
+    if dropped {
+        if run.verdict != TC_ACT_SHOT {
+            return Err(format!("expected the reply that took the block dropped (TC_ACT_SHOT), saw {:#x}", run.verdict));
+        }
+    } else {
+        check_egress(&run, &reply).map_err(|e| format!("reply: {e}"))?;
+    }
+    let blocked = h.stats().blocked - blocked_before;
+    if blocked != u64::from(dropped) {
+        return Err(format!("expected {} reply counted blocked, saw {blocked}", u64::from(dropped)));
+    }
     let f = h.flow(&key).ok_or("expected the flow after the reply")?;
     let want_source = if provider == 0 { SRC_NONE } else { c.source };
     let seen = (Treatment::of(&f), f.provider_id, f.source, f.flags & FLOW_F_PENDING);
@@ -2892,13 +2948,15 @@ fn run_verdict_case(
         return Err("expected the verdict removed from flow_verdicts once applied".into());
     }
     let want_priority = if enforce && c.want.priority != 0 { c.want.priority } else { PRIORITY_IN };
-    if run.priority != want_priority {
+    if !dropped && run.priority != want_priority {
         return Err(format!(
             "expected the reply that took the verdict to leave with priority {want_priority:#x}, saw {:#x}",
             run.priority
         ));
     }
-    if (f.down_packets, f.down_bytes) != (if c.tcp { 2 } else { 1 }, ip_len(&reply) + if c.tcp { ip_len(&frames[1].1) } else { 0 }) {
+    let (synack_packets, synack_bytes) = if c.tcp { (1, ip_len(&frames[1].1)) } else { (0, 0) };
+    let (reply_packets, reply_bytes) = if dropped { (0, 0) } else { (1, ip_len(&reply)) };
+    if (f.down_packets, f.down_bytes) != (synack_packets + reply_packets, synack_bytes + reply_bytes) {
         return Err(format!("expected the download counted as usual, saw {} packets, {} bytes", f.down_packets, f.down_bytes));
     }
 

@@ -14,6 +14,7 @@
 //! scenery. The daemon itself talks netlink.
 
 pub mod addr;
+pub mod dns;
 pub mod failover;
 mod error;
 mod icmp;
