@@ -139,6 +139,8 @@ struct State {
     queues: Mutex<Option<crate::qos::Qos>>,
     /// What was reported of each live flow; decides ends and deletions.
     tracker: Mutex<crate::flow::FlowTracker>,
+    /// Observe mode: the blocked flows already logged.
+    would_block: Mutex<crate::flow::would_block::WouldBlock>,
     /// Flow records to the `[export]` collectors (None without `[export]`).
     exporter: Mutex<Option<crate::export::FlowExporter>>,
     config_path: PathBuf,
@@ -667,6 +669,7 @@ impl State {
                 }
             }
         };
+        self.log_would_block(&flows);
         let scan = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).scan(now, &flows, size);
         if scan.vanished > 0 {
             tracing::warn!(flows = scan.vanished, "flows evicted by the kernel before the daemon could report them; raise daemon.flow_table_size");
@@ -676,6 +679,49 @@ impl State {
             if let Err(e) = self.datapath().delete_flows(&scan.delete) {
                 tracing::warn!(error = %e, "delete ended flows");
             }
+        }
+    }
+
+    /// Observe mode: one log line per flow a block verdict would have stopped
+    /// (the scan sees every flow before it is deleted), at most
+    /// `would_block::MAX_PER_SCAN` a second.
+    fn log_would_block(&self, flows: &[(crate::bpf::abi::FlowKey, crate::bpf::abi::Flow)]) {
+        let live = self.live();
+        if live.config.daemon.mode != Mode::Observe {
+            return;
+        }
+        let scan = self.would_block.lock().unwrap_or_else(|p| p.into_inner()).scan(flows);
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, f) in &scan.log {
+            let client = std::net::SocketAddr::new(crate::bpf::abi::addr_from_bytes(k.client, k.family), u16::from_be(k.client_port));
+            let destination =
+                std::net::SocketAddr::new(crate::bpf::abi::addr_from_bytes(k.remote, k.family), u16::from_be(k.remote_port));
+            let provider = live.catalog.by_id(f.provider_id).map_or("none", |p| p.name.as_str());
+            // Blocks without a rule: block_ai_quic, or a provider whose class
+            // blocks by default.
+            let rule = if f.rule_id > 0 {
+                f.rule_id.to_string()
+            } else if live.config.daemon.block_ai_quic && k.proto == 17 && u16::from_be(k.remote_port) == 443 {
+                "block_ai_quic".to_string()
+            } else {
+                "provider default".to_string()
+            };
+            tracing::info!(
+                %client,
+                %destination,
+                proto = %crate::control::flows::proto_name(k.proto),
+                provider = %provider,
+                rule = %rule,
+                source = %crate::control::flows::source_name(f.source).as_deref().unwrap_or("none"),
+                name = names.get(k).map(String::as_str),
+                "observe mode: flow would have been blocked"
+            );
+        }
+        if scan.suppressed > 0 {
+            tracing::info!(
+                flows = scan.suppressed,
+                "observe mode: more flows would have been blocked this second; not logged one by one"
+            );
         }
     }
 
@@ -1158,6 +1204,7 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         uplinks: Mutex::new(None),
         queues: Mutex::new(None),
         tracker: Mutex::new(crate::flow::FlowTracker::new(timeouts)),
+        would_block: Mutex::new(Default::default()),
         exporter: Mutex::new(exporter),
     });
     // Routing and steering before readiness: the first flow already goes to the
