@@ -349,9 +349,21 @@ impl State {
 /// A ClientHello being assembled from a pending flow's first packets.
 struct Hello {
     started: Instant,
+    /// Anchored at the segment that starts the stream (a TLS handshake record).
     tls: Option<crate::classify::tls::HelloAssembler>,
+    /// TCP segments that reached us before the one starting the stream (the
+    /// ring buffer does not keep the wire's order across CPUs): (seq, payload).
+    early: Vec<(u32, Vec<u8>)>,
     quic: Option<crate::classify::quic::CryptoAssembler>,
 }
+
+/// Whether a TCP payload can start a TLS stream: a handshake record, TLS 1.x.
+fn starts_tls_stream(payload: &[u8]) -> bool {
+    payload.len() >= 2 && payload[0] == 0x16 && payload[1] == 0x03
+}
+
+/// Early segments kept per flow: the datapath punts at most 12 per flow.
+const MAX_EARLY_SEGMENTS: usize = 12;
 
 /// Hellos in assembly at once; more means flows that never finish theirs.
 const MAX_PENDING_HELLOS: usize = 4096;
@@ -407,14 +419,32 @@ impl State {
             }
             let entry = hellos.entry(pkt.key).or_insert_with(|| Hello {
                 started: Instant::now(),
-                tls: (kind == crate::bpf::abi::PUNT_TLS).then(|| tls::HelloAssembler::new(pkt.seq)),
+                tls: None,
+                early: Vec::new(),
                 quic: (kind == crate::bpf::abi::PUNT_QUIC).then(quic::CryptoAssembler::new),
             });
-            let outcome = if let Some(a) = entry.tls.as_mut() {
-                match a.push(pkt.seq, pkt.payload) {
-                    tls::AssemblyResult::Done(info) => Some(Ok((info.sni, info.ech, crate::bpf::abi::SRC_SNI))),
-                    tls::AssemblyResult::NeedMore => None,
-                    tls::AssemblyResult::Failed(e) => Some(Err(e.to_string())),
+            let outcome = if kind == crate::bpf::abi::PUNT_TLS {
+                // The datapath punts a flow only when its first payload starts a
+                // TLS record, but a later segment may overtake it on the way here
+                // (another CPU): keep such segments until the first one arrives.
+                if entry.tls.is_none() && !starts_tls_stream(pkt.payload) {
+                    if entry.early.len() < MAX_EARLY_SEGMENTS && !pkt.payload.is_empty() {
+                        entry.early.push((pkt.seq, pkt.payload.to_vec()));
+                    }
+                    None
+                } else {
+                    let a = entry.tls.get_or_insert_with(|| tls::HelloAssembler::new(pkt.seq));
+                    let mut result = a.push(pkt.seq, pkt.payload);
+                    for (seq, payload) in std::mem::take(&mut entry.early) {
+                        if result == tls::AssemblyResult::NeedMore {
+                            result = a.push(seq, &payload);
+                        }
+                    }
+                    match result {
+                        tls::AssemblyResult::Done(info) => Some(Ok((info.sni, info.ech, crate::bpf::abi::SRC_SNI))),
+                        tls::AssemblyResult::NeedMore => None,
+                        tls::AssemblyResult::Failed(e) => Some(Err(e.to_string())),
+                    }
                 }
             } else if let Some(a) = entry.quic.as_mut() {
                 match quic::decrypt_initial(pkt.payload) {

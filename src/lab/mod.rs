@@ -14,6 +14,7 @@
 //! scenery. The daemon itself talks netlink.
 
 pub mod addr;
+pub mod capture;
 pub mod dns;
 pub mod failover;
 mod error;
