@@ -5,7 +5,8 @@
  * reversed tuple to count the download in the same entry. In enforce mode it
  * sets skb->priority from the flow, which picks the download queue (the HTB
  * class) of the LAN interface's qdisc (src/qos), the way wan_egress does for the
- * upload. A flow still waiting for a userspace verdict (SNI, QUIC, HTTP) takes
+ * upload. DNS answers naming a provider put its addresses in addr_providers on
+ * their way through (see il_dns_learn). A flow still waiting for a userspace verdict (SNI, QUIC, HTTP) takes
  * it here too: a short connection's last client packet may pass before the
  * verdict arrives, but a reply always follows. In enforce mode it drops the
  * replies of blocked flows (a verdict may block a flow on the way down);
@@ -16,6 +17,7 @@
 #include <bpf/bpf_helpers.h>
 #include "inferlane_count.h"
 #include "inferlane_flow.h"
+#include "inferlane_dns.h"
 
 /*
  * lan_egress's own copy of the classification (the same code as lan_ingress's
@@ -32,6 +34,57 @@ __noinline int il_classify_egress(const struct il_flow_key *key, struct il_flow 
 }
 
 IL_DEFINE_APPLY_VERDICT(il_classify_egress)
+
+/*
+ * A DNS answer over UDP on its way to a client, its message at `off`: when its
+ * question names a provider (dns_names), install its A/AAAA records in
+ * addr_providers now, before the client has them, so that a connection made
+ * right after the lookup is classified at its first packet. A global function,
+ * verified once on its own. Returns the addresses installed.
+ */
+__noinline int il_dns_learn(struct __sk_buff *skb, __u32 off)
+{
+	struct il_dns_ctx c = {};
+	__u32 zero = 0;
+	__u64 len;
+
+	if (!skb)
+		return 0;
+	c.s = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!c.s)
+		return 0;
+	/* 64-bit throughout: see il_punt_skb. */
+	len = skb->len;
+	if (len <= off)
+		return 0;
+	len -= off;
+	if (len < 12)
+		return 0;
+	if (len > IL_DNS_MSG)
+		len = IL_DNS_MSG;
+	if (bpf_skb_load_bytes(skb, off, c.s->msg, len))
+		return 0;
+	c.len = len;
+	/* A response without error, one question, some answers. */
+	if (!(c.s->msg[2] & 0x80) || (c.s->msg[3] & 0x0f) || c.s->msg[4] || c.s->msg[5] != 1)
+		return 0;
+	c.answers = (__u32)c.s->msg[6] << 8 | c.s->msg[7];
+	if (!c.answers)
+		return 0;
+	if (c.answers > IL_DNS_MAX_ANSWERS)
+		c.answers = IL_DNS_MAX_ANSWERS;
+	c.pos = 12;
+	bpf_loop(IL_DNS_NAME, il_dns_name_byte, &c, 0);
+	if (!c.ok || !c.n)
+		return 0;
+	c.hash = IL_FNV_OFFSET;
+	bpf_loop(IL_DNS_NAME, il_dns_suffix, &c, 0);
+	if (!c.provider)
+		return 0;
+	c.pos += 4; /* QTYPE, QCLASS */
+	bpf_loop(IL_DNS_MAX_ANSWERS, il_dns_answer, &c, 0);
+	return c.installed;
+}
 
 /* Enough for Ethernet, two VLAN tags, IPv6 with a few extension headers and TCP. */
 #define IL_PARSE_LEN 160
@@ -68,8 +121,13 @@ int lan_egress(struct __sk_buff *skb)
 	    (pkt.proto == IPPROTO_UDP ||
 	     /* TCP: segments that carry data, not the handshake and ACKs */
 	     (pkt.proto == IPPROTO_TCP &&
-	      skb->len > (__u32)pkt.l3_off + pkt.l3_hdr_len + pkt.l4_hdr_len)))
+	      skb->len > (__u32)pkt.l3_off + pkt.l3_hdr_len + pkt.l4_hdr_len))) {
+		/* Provider addresses in place before the answer goes on (UDP; the
+		 * daemon reads every answer, TCP ones too, a moment later). */
+		if (pkt.proto == IPPROTO_UDP && pkt.frag == IL_FRAG_NONE)
+			il_dns_learn(skb, (__u32)pkt.l3_off + pkt.l3_hdr_len + 8);
 		il_punt_skb(skb, IL_PUNT_DNS);
+	}
 	il_key_download(&pkt, &key);
 	flow = bpf_map_lookup_elem(&flows, &key);
 	if (!flow) {

@@ -139,6 +139,8 @@ struct State {
     queues: Mutex<Option<crate::qos::Qos>>,
     /// What was reported of each live flow; decides ends and deletions.
     tracker: Mutex<crate::flow::FlowTracker>,
+    /// Addresses found in addr_providers but not in the book at the last sweep.
+    kernel_only: Mutex<std::collections::HashSet<std::net::IpAddr>>,
     /// Observe mode: the blocked flows already logged.
     would_block: Mutex<crate::flow::would_block::WouldBlock>,
     /// Flow records to the `[export]` collectors (None without `[export]`).
@@ -298,6 +300,9 @@ impl State {
                 }
             }
             let mut dp = self.datapath();
+            if let Err(e) = dp.set_dns_names(&p.catalog.kernel_names()) {
+                tracing::warn!(error = %e, "provider names for the datapath's DNS reading; the daemon still learns");
+            }
             if let Err(e) = dp.install_with(&p.rules.maps(), switches(&p.config)) {
                 if let Some(q) = queues.as_mut() {
                     if let Err(re) = update_queues(q, &live.config, uplinks.as_ref()) {
@@ -601,7 +606,29 @@ impl State {
                 return;
             }
         };
-        let gone = self.book.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now(), &in_use);
+        let mut gone = self.book.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now(), &in_use);
+        // Addresses the datapath installed from an answer the daemon did not
+        // learn (a full ring buffer, an answer it refused): nobody would expire
+        // them. Removed when two sweeps in a row (10 s apart) find them unknown
+        // and unused, so that one the daemon is about to learn is left alone.
+        match self.datapath().learned_addresses() {
+            Ok(all) => {
+                let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+                let unknown: std::collections::HashSet<std::net::IpAddr> = all
+                    .into_iter()
+                    .map(|(a, _)| {
+                        let v4 = a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+                        crate::bpf::abi::addr_from_bytes(a, if v4 { 4 } else { 6 })
+                    })
+                    .filter(|a| book.provider(a).is_none() && !in_use.contains(a))
+                    .collect();
+                drop(book);
+                let mut suspects = self.kernel_only.lock().unwrap_or_else(|p| p.into_inner());
+                gone.extend(unknown.intersection(&suspects).copied());
+                *suspects = unknown;
+            }
+            Err(e) => tracing::warn!(error = %e, "read learned addresses"),
+        }
         for addr in gone {
             if let Err(e) = self.datapath().forget_address(crate::bpf::abi::addr_bytes(addr)) {
                 tracing::warn!(%addr, error = %e, "forget address");
@@ -1116,6 +1143,8 @@ fn start_datapath(p: &Prepared) -> Result<Datapath, DaemonError> {
     let mut datapath = Datapath::load_with(LoadOptions { flow_table_size: p.config.daemon.flow_table_size })?;
     // Rules before attaching: the first packet of every flow is classified.
     datapath.install_with(&p.rules.maps(), switches(&p.config))?;
+    // Provider names the datapath reads in DNS answers itself (see lan_egress).
+    datapath.set_dns_names(&p.catalog.kernel_names())?;
     for iface in &p.config.lan.interfaces {
         let a = datapath.attach(iface)?;
         tracing::info!(iface = %a.iface, ifindex = a.ifindex, xdp = ?a.xdp, tc = ?a.tc, "attached");
@@ -1235,6 +1264,7 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         queues: Mutex::new(None),
         tracker: Mutex::new(crate::flow::FlowTracker::new(timeouts)),
         would_block: Mutex::new(Default::default()),
+        kernel_only: Mutex::new(Default::default()),
         exporter: Mutex::new(exporter),
     });
     // Routing and steering before readiness: the first flow already goes to the

@@ -2974,3 +2974,151 @@ fn run_verdict_case(
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------
+// DNS answers read by lan_egress
+// ---------------------------------------------------------------------------------
+
+/// A DNS response for `qname` with `answers` (owner, record), built with
+/// simple-dns (names compressed as a server does).
+fn dns_response(qname: &str, qtype: simple_dns::TYPE, answers: &[(&str, simple_dns::rdata::RData<'static>)]) -> Vec<u8> {
+    use simple_dns::{Name, Packet, Question, ResourceRecord, CLASS, QTYPE};
+    let mut p = Packet::new_reply(0x4242);
+    p.questions.push(Question::new(Name::new_unchecked(qname), QTYPE::TYPE(qtype), CLASS::IN.into(), false));
+    for (owner, data) in answers {
+        p.answers.push(ResourceRecord::new(Name::new_unchecked(owner), CLASS::IN, 300, data.clone()));
+    }
+    p.build_bytes_vec_compressed().expect("the DNS response builds")
+}
+
+fn a(ip: Ipv4Addr) -> simple_dns::rdata::RData<'static> {
+    simple_dns::rdata::RData::A(simple_dns::rdata::A { address: u32::from(ip) })
+}
+
+fn aaaa(ip: Ipv6Addr) -> simple_dns::rdata::RData<'static> {
+    simple_dns::rdata::RData::AAAA(simple_dns::rdata::AAAA { address: u128::from(ip) })
+}
+
+/// lan_egress reads DNS answers to clients and installs the addresses of
+/// provider names (dns_names, from the catalog) before the answer goes on:
+/// exact names, `*.` suffixes, any case, through a CNAME chain, both families of
+/// records and of transport; the answer itself passes unchanged. Not installed:
+/// names of no provider, queries, error responses, a question with a compression
+/// pointer. Every truncation of an answer and 5,000 random messages pass without
+/// installing anything but the answer's own addresses. Then a SYN to an
+/// installed address is classified by provider at that first packet.
+#[test]
+fn dns_answers_install_provider_addresses_on_their_way() {
+    if !lab::require_root_or_skip("dns_answers_install_provider_addresses_on_their_way") {
+        return;
+    }
+    use simple_dns::TYPE;
+    let catalog = inferlane::classify::catalog::Catalog::builtin();
+    let id = |name: &str| catalog.by_name(name).unwrap_or_else(|| panic!("{name} in the catalog")).id;
+    let mut h = Harness::load(CONFIG_VERDICTS, true);
+    h.dp.set_dns_names(&catalog.kernel_names()).expect("install dns_names");
+    let resolver4 = v4(192, 0, 2, 53);
+    let resolver6 = v6([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x53]);
+    let answer_to = |client: IpAddr, resolver: IpAddr, msg: &[u8]| frame_with(&udp_pkt(resolver, client, 53, 40_053, 0), msg);
+    let learned = |h: &Harness| -> HashMap<[u8; 16], u16> {
+        h.dp.learned_addresses().expect("read addr_providers").into_iter().collect()
+    };
+    let mapped = |ip: Ipv4Addr| addr_bytes(IpAddr::V4(ip));
+    let six = |ip: Ipv6Addr| addr_bytes(IpAddr::V6(ip));
+
+    let openai = Ipv4Addr::new(203, 0, 113, 50);
+    let azure = Ipv6Addr::new(0x2001, 0xdb8, 0x300, 0, 0, 0, 0, 0x51);
+    let anthropic = Ipv4Addr::new(203, 0, 113, 52);
+    let deepseek = Ipv4Addr::new(203, 0, 113, 53);
+    let nobody = Ipv4Addr::new(203, 0, 113, 54);
+    let installs: Vec<(&str, Vec<u8>, IpAddr, [u8; 16], u16)> = vec![
+        ("exact name, A, IPv4 transport", dns_response("api.openai.com", TYPE::A, &[("api.openai.com", a(openai))]),
+            IpAddr::V4(CLIENT4), mapped(openai), id("openai")),
+        ("suffix, AAAA, IPv6 transport", dns_response("My-Res.OpenAI.Azure.com", TYPE::AAAA, &[("My-Res.OpenAI.Azure.com", aaaa(azure))]),
+            IpAddr::V6(CLIENT6), six(azure), id("azure-openai")),
+        ("CNAME chain", dns_response("api.anthropic.com", TYPE::A, &[
+                ("api.anthropic.com", simple_dns::rdata::RData::CNAME(simple_dns::rdata::CNAME(simple_dns::Name::new_unchecked("edge.cdn.example")))),
+                ("edge.cdn.example", a(anthropic)),
+            ]), IpAddr::V4(CLIENT4), mapped(anthropic), id("anthropic")),
+        ("blocked provider", dns_response("api.deepseek.com", TYPE::A, &[("api.deepseek.com", a(deepseek))]),
+            IpAddr::V4(CLIENT4), mapped(deepseek), id("deepseek")),
+    ];
+    for (what, msg, client, addr, provider) in &installs {
+        let resolver = if client.is_ipv6() { resolver6 } else { resolver4 };
+        let frame = answer_to(*client, resolver, msg);
+        let run = h.egress(&frame);
+        check_egress(&run, &frame).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(learned(&h).get(addr), Some(provider), "{what}: expected the address installed for provider {provider}");
+    }
+    let before = learned(&h);
+
+    // Nothing installed.
+    let mut query = dns_response("api.openai.com", TYPE::A, &[("api.openai.com", a(nobody))]);
+    query[2] &= 0x7f; // QR = 0
+    let mut nxdomain = dns_response("api.openai.com", TYPE::A, &[("api.openai.com", a(nobody))]);
+    nxdomain[3] |= 3;
+    let mut pointer_question = dns_response("api.openai.com", TYPE::A, &[("api.openai.com", a(nobody))]);
+    pointer_question.splice(12..12, [0xc0, 0x0c]); // a question name that is a pointer
+    let refused: Vec<(&str, Vec<u8>)> = vec![
+        ("a name of no provider", dns_response("www.example.com", TYPE::A, &[("www.example.com", a(nobody))])),
+        ("a near miss", dns_response("api.openai.com.evil.example", TYPE::A, &[("api.openai.com.evil.example", a(nobody))])),
+        ("the apex of a suffix", dns_response("openai.azure.com", TYPE::A, &[("openai.azure.com", a(nobody))])),
+        ("a query", query),
+        ("an error response", nxdomain),
+        ("a pointer as the question", pointer_question),
+    ];
+    for (what, msg) in &refused {
+        let frame = answer_to(IpAddr::V4(CLIENT4), resolver4, msg);
+        let run = h.egress(&frame);
+        check_egress(&run, &frame).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(learned(&h), before, "{what}: expected nothing installed");
+    }
+
+    // Every truncation of a two-record answer, and random messages: the packet
+    // passes unchanged, and only the answer's own addresses may be installed
+    // (a record complete before the cut).
+    let other = Ipv4Addr::new(203, 0, 113, 55);
+    let two = dns_response("api.openai.com", TYPE::A, &[("api.openai.com", a(nobody)), ("api.openai.com", a(other))]);
+    for cut in 0..two.len() {
+        let frame = answer_to(IpAddr::V4(CLIENT4), resolver4, &two[..cut]);
+        let run = h.egress(&frame);
+        check_egress(&run, &frame).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let now = learned(&h);
+        for (k, v) in &now {
+            assert!(
+                before.get(k) == Some(v) || ((*k == mapped(nobody) || *k == mapped(other)) && *v == id("openai")),
+                "cut at {cut}: unexpected entry {k:?} -> {v}"
+            );
+        }
+        if cut < two.len() - 16 {
+            assert!(!now.contains_key(&mapped(other)), "cut at {cut}: the second record was not complete");
+        }
+    }
+    let mut rng = XorShift(0xd1b5_4a32_d192_ed03);
+    let after_cuts = learned(&h);
+    for i in 0..5000 {
+        let len = rng.below(600) as usize;
+        let mut msg: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if i % 2 == 0 && len > 12 {
+            // Mostly plausible headers: a response, one question, some answers.
+            msg[2] |= 0x80;
+            msg[3] &= 0xf0;
+            msg[4] = 0;
+            msg[5] = 1;
+        }
+        let frame = answer_to(IpAddr::V4(CLIENT4), resolver4, &msg);
+        let run = h.egress(&frame);
+        check_egress(&run, &frame).unwrap_or_else(|e| panic!("random message {i}: {e}"));
+    }
+    assert_eq!(learned(&h), after_cuts, "random messages installed nothing");
+
+    // The first packet to an installed address is classified by its provider.
+    let syn = tcp_pkt(IpAddr::V4(CLIENT4), IpAddr::V4(openai), 41_500, 443, TCP_SYN, 0);
+    let run = h.xdp(&syn.frame());
+    check_ingress(&run, &syn.frame(), &h.class(1, INTERACTIVE, AF41), true).unwrap_or_else(|e| panic!("SYN to openai: {e}"));
+    let f = h.flow(&syn.key()).expect("the flow");
+    assert_eq!((f.provider_id, f.source, f.rule_id), (id("openai"), abi::SRC_DNS, 1), "{f:?}");
+    let syn = tcp_pkt(IpAddr::V4(CLIENT4), IpAddr::V4(deepseek), 41_501, 443, TCP_SYN, 0);
+    let run = h.xdp(&syn.frame());
+    check_ingress(&run, &syn.frame(), &h.block(2), true).unwrap_or_else(|e| panic!("SYN to deepseek: {e}"));
+}
