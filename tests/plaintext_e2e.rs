@@ -7,11 +7,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use inferlane::control::flows::FlowInfo;
 use inferlane::control::{client, Request, Response};
+use inferlane::lab::capture::Capture;
 use inferlane::lab::scenario::{DaemonProcess, WorkDir};
 use inferlane::lab::{addr, require_root_or_skip, Lab, LabOptions, Role};
 
@@ -172,36 +172,6 @@ const OPENAI_CHUNKS: [&str; 3] = [
     "data: [DONE]\n\n",
 ];
 
-/// A captured TCP packet: (IPv6?, source port, destination port, DSCP, payload
-/// length). tcpdump -v puts the IPv4 header on its own line (addresses and the
-/// TCP payload length on the next) and the IPv6 header on the addresses' line,
-/// leaving out a traffic class of 0.
-fn tcp_packets(capture: &str) -> Vec<(bool, u16, u16, u8, usize)> {
-    let lines: Vec<&str> = capture.lines().collect();
-    let mut out = Vec::new();
-    for (i, l) in lines.iter().enumerate() {
-        let v6 = l.starts_with("IP6 ");
-        if !v6 && !l.starts_with("IP ") {
-            continue;
-        }
-        let field = |name: &str| -> Option<String> {
-            let at = l.find(name)? + name.len();
-            Some(l[at..].chars().take_while(|c| c.is_ascii_hexdigit()).collect())
-        };
-        let tos = if v6 { field("class 0x").or_else(|| Some("0".into())) } else { field("tos 0x") };
-        let Some(tos) = tos else { continue };
-        let addrs = if v6 { *l } else { lines.get(i + 1).copied().unwrap_or("") };
-        let Some(gt) = addrs.find(" > ") else { continue };
-        let src = addrs[..gt].split_whitespace().last().unwrap_or("");
-        let dst = addrs[gt + 3..].split(": ").next().unwrap_or("");
-        let port = |a: &str| a.rsplit('.').next().unwrap_or("").parse::<u16>().ok();
-        let (Some(sport), Some(dport)) = (port(src), port(dst)) else { continue };
-        let len = addrs.rsplit("length ").next().unwrap_or("").trim().parse().unwrap_or(0);
-        out.push((v6, sport, dport, u8::from_str_radix(&tos, 16).unwrap() >> 2, len));
-    }
-    out
-}
-
 /// curl, by name, POSTing a chat request to Ollama's /api/chat and to an
 /// OpenAI-compatible /v1/chat/completions, over IPv4 and IPv6: the streamed answer
 /// arrives whole; `inferlane flows` shows the server kind as the provider, source
@@ -220,23 +190,7 @@ fn curl_to_streaming_inference_servers_is_named_and_marked() {
         serve_streaming(&lab, ip, 11434, OLLAMA_CHUNKS, "application/x-ndjson");
         serve_streaming(&lab, ip, 8000, OPENAI_CHUNKS, "text/event-stream");
     }
-    let tcpdump = lab
-        .spawn_piped(Role::Isp1, "tcpdump", &["-i", addr::ISP_DOWN_IF, "-l", "-t", "-nn", "-v", "tcp port 11434 or tcp port 8000"])
-        .unwrap();
-    let mut err = BufReader::new(tcpdump.stderr);
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap(); // "listening on down0 ...": capturing from here
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    let captured = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let (captured, mut stdout) = (captured.clone(), tcpdump.stdout);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = stdout.read(&mut buf) {
-                captured.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
+    let capture = Capture::start(&mut lab, Role::Isp1, addr::ISP_DOWN_IF, "tcp port 11434 or tcp port 8000").unwrap();
 
     let body = r#"{"model":"llama3","messages":[{"role":"user","content":"Hello"}],"stream":true}"#;
     // (host name, port, path, provider, what the answer must contain)
@@ -282,30 +236,13 @@ fn curl_to_streaming_inference_servers_is_named_and_marked() {
     // On the wire: per connection (one per port and family here), the client's
     // packets up to and including its request leave as sent, every one after it
     // (ACKs of the stream, FIN) carries EF.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let connections = |text: &str| {
-        let mut by: std::collections::BTreeMap<(bool, u16, u16), Vec<(u8, usize)>> = Default::default();
-        for (v6, sport, dport, dscp, len) in tcp_packets(text) {
-            if dport == 11434 || dport == 8000 {
-                by.entry((v6, dport, sport)).or_default().push((dscp, len));
-            }
-        }
-        by
-    };
-    // Wait for the last FIN/ACKs to show in the capture.
-    let mut last = 0;
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let n = tcp_packets(&captured.lock().unwrap()).len();
-        if n == last || Instant::now() > deadline {
-            break;
-        }
-        last = n;
+    // Once the last FIN/ACKs are in.
+    let packets = capture.settled(Duration::from_millis(200), Duration::from_secs(5));
+    let text = capture.stop(&mut lab).unwrap();
+    let mut by: std::collections::BTreeMap<(bool, u16, u16), Vec<(u8, usize)>> = Default::default();
+    for p in packets.iter().filter(|p| [11434, 8000].contains(&p.dst.port())) {
+        by.entry((p.is_v6(), p.dst.port(), p.src.port())).or_default().push((p.dscp, p.payload));
     }
-    lab.stop(tcpdump.pid).unwrap();
-    reader.join().unwrap();
-    let text = captured.lock().unwrap().clone();
-    let by = connections(&text);
     assert_eq!(by.len(), done.len(), "one client connection per request expected in:\n{text}");
     for ((v6, port, nat), pkts) in &by {
         let request = pkts.iter().position(|(_, len)| *len > 0).unwrap_or_else(|| panic!("no request from :{nat} to :{port}: {pkts:?}"));
