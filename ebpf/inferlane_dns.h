@@ -35,6 +35,15 @@ static __always_inline __u8 il_dns_byte(const struct il_dns_ctx *c, __u32 p)
 	return c->s->msg[p];
 }
 
+/* 16 bytes from `p` (masked): within the scratch value, since the name buffer
+ * follows the message; the caller checked them against the message length. */
+static __always_inline const __u8 *il_dns_msg_at(const struct il_dns_ctx *c, __u32 p)
+{
+	asm volatile("" : "+r"(p));
+	p &= IL_DNS_MSG - 1;
+	return &c->s->msg[p];
+}
+
 static __always_inline __u8 *il_dns_name_at(const struct il_dns_ctx *c, __u32 p)
 {
 	asm volatile("" : "+r"(p));
@@ -145,11 +154,9 @@ static long il_dns_answer(__u32 i, void *data)
 	if (type == 1 && rdlen == 4) {
 		addr[10] = 0xff;
 		addr[11] = 0xff;
-		for (int k = 0; k < 4; k++)
-			addr[12 + k] = IL_DNS_AT(c, pos + k);
+		__builtin_memcpy(&addr[12], il_dns_msg_at(c, pos), 4);
 	} else if (type == 28 && rdlen == 16) {
-		for (int k = 0; k < 16; k++)
-			addr[k] = IL_DNS_AT(c, pos + k);
+		__builtin_memcpy(addr, il_dns_msg_at(c, pos), 16);
 	} else {
 		c->pos = pos + rdlen;
 		return 0;
