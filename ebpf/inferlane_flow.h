@@ -401,42 +401,65 @@ static __always_inline void il_demote_check(struct il_flow *flow)
 	}
 }
 
-/* Defined once, as a global (separately verified) function, by the program that
- * classifies: see xdp_lan_ingress.bpf.c. */
-int il_classify_global(const struct il_flow_key *key, struct il_flow *flow, __u32 provider, __u32 source);
-
 /*
  * Apply a userspace verdict to a live flow: the rules run again with the
  * provider userspace recognised. The flow keeps the uplink it started on
  * (changing it would strand the connection behind another NAT) unless its new
  * class may not use that uplink; class, DSCP, queue and block follow the new
  * verdict. Counters are untouched.
+ *
+ * Both lan_ingress (the flow's next upload packet) and lan_egress (its next
+ * download packet: a server's reply always follows the ClientHello, so a short
+ * connection whose last client packet passed before the verdict arrived still
+ * gets it) apply verdicts. `classify` is the calling program's own global
+ * classification function: each program carries its own copy, since aya 0.14
+ * cannot relocate a call into another program's copy. As a macro, so each
+ * program names its own.
  */
-static __always_inline void il_apply_verdict(const struct il_flow_key *key, struct il_flow *flow,
-					     const struct il_verdict *v)
-{
-	__u32 zero = 0;
-	struct il_flow *nf;
-
-	flow->flags &= ~IL_FLOW_F_PENDING;
-	flow->flags |= v->flags & IL_FLOW_F_ECH;
-	if (!v->provider_id)
-		return;
-	nf = bpf_map_lookup_elem(&flow_scratch, &zero);
-	if (!nf)
-		return;
-	__builtin_memset(nf, 0, sizeof(*nf));
-	il_classify_global(key, nf, v->provider_id, v->source);
-	flow->provider_id = nf->provider_id;
-	flow->source = nf->source;
-	flow->rule_id = nf->rule_id;
-	flow->class_id = nf->class_id;
-	flow->verdict = nf->verdict;
-	flow->dscp = nf->dscp;
-	flow->priority = nf->priority;
-	flow->mark = (nf->mark & ~IL_MARK_UPLINK_MASK) | (flow->mark & IL_MARK_UPLINK_MASK);
-	il_steer_class_change(flow);
-}
+#define IL_DEFINE_APPLY_VERDICT(classify)                                      \
+	int classify(const struct il_flow_key *key, struct il_flow *flow,      \
+		     __u32 provider, __u32 source);                            \
+	static __always_inline void il_apply_verdict(                          \
+		const struct il_flow_key *key, struct il_flow *flow,           \
+		const struct il_verdict *v)                                    \
+	{                                                                      \
+		__u32 zero = 0;                                                \
+		struct il_flow *nf;                                            \
+                                                                               \
+		flow->flags &= ~IL_FLOW_F_PENDING;                             \
+		flow->flags |= v->flags & IL_FLOW_F_ECH;                       \
+		if (!v->provider_id)                                           \
+			return;                                                \
+		nf = bpf_map_lookup_elem(&flow_scratch, &zero);                \
+		if (!nf)                                                       \
+			return;                                                \
+		__builtin_memset(nf, 0, sizeof(*nf));                          \
+		classify(key, nf, v->provider_id, v->source);                  \
+		flow->provider_id = nf->provider_id;                           \
+		flow->source = nf->source;                                     \
+		flow->rule_id = nf->rule_id;                                   \
+		flow->class_id = nf->class_id;                                 \
+		flow->verdict = nf->verdict;                                   \
+		flow->dscp = nf->dscp;                                         \
+		flow->priority = nf->priority;                                 \
+		flow->mark = (nf->mark & ~IL_MARK_UPLINK_MASK) |               \
+			     (flow->mark & IL_MARK_UPLINK_MASK);               \
+		il_steer_class_change(flow);                                   \
+	}                                                                      \
+                                                                               \
+	/* A verdict waiting for this flow: apply it and remove it. */        \
+	static __always_inline int il_take_verdict(                            \
+		const struct il_flow_key *key, struct il_flow *flow)           \
+	{                                                                      \
+		struct il_verdict *v =                                         \
+			bpf_map_lookup_elem(&flow_verdicts, key);              \
+                                                                               \
+		if (!v)                                                        \
+			return 0;                                              \
+		il_apply_verdict(key, flow, v);                                \
+		bpf_map_delete_elem(&flow_verdicts, key);                      \
+		return 1;                                                      \
+	}
 
 /*
  * Hand a DNS answer on its way to a client to userspace, which learns the

@@ -125,6 +125,22 @@ struct {
 	__type(value, struct il_addr_info);
 } addr_providers SEC(".maps") __weak;
 
+/* Provider names recognised in DNS answers by lan_egress (see il_dns_name). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct il_dns_name);
+} dns_names SEC(".maps") __weak;
+
+/* A DNS answer and its question name while lan_egress reads them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct il_dns_scratch);
+} dns_scratch SEC(".maps") __weak;
+
 /* Scratch space for building a flow entry: the BPF stack is 512 bytes for the
  * whole call chain, and an il_flow is 112. Per CPU, used within one packet. */
 struct {

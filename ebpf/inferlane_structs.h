@@ -276,14 +276,42 @@ struct il_addr_info {
 	__u32 pad2;
 };
 
+/*
+ * Provider names the datapath itself recognises in DNS answers (value of
+ * dns_names), so that the addresses are in addr_providers before the answer
+ * reaches the client: a client connecting right after its lookup would outrun
+ * the daemon. The key is a 64-bit FNV-1a hash of the lowercase dotted name read
+ * from its last character to its first; at each label start the hash covers
+ * that suffix. `exact`: the provider of that very name; `wildcard`: of names
+ * strictly below it. The longest match wins, an exact one over a suffix. The
+ * daemon still reads every answer (CNAME chains, TTLs, region wildcards) and
+ * owns the entries' expiry.
+ */
+struct il_dns_name {
+	__u16 exact;
+	__u16 wildcard;
+	__u32 pad;
+};
+#define IL_FNV_OFFSET 0xcbf29ce484222325ull
+#define IL_FNV_PRIME 0x100000001b3ull
+#define IL_DNS_MSG 512   /* DNS message bytes read (power of two) */
+#define IL_DNS_NAME 256  /* dotted name bytes (power of two) */
+#define IL_DNS_MAX_ANSWERS 16
+
+struct il_dns_scratch {
+	__u8 msg[IL_DNS_MSG];
+	__u8 name[IL_DNS_NAME];
+};
+
 #define IL_PUNT_DNS  1 /* a DNS answer on its way to a LAN client (lan_egress) */
 #define IL_PUNT_TLS  2 /* a client segment of a pending TCP flow (lan_ingress) */
 #define IL_PUNT_QUIC 3 /* a client long-header datagram of a pending UDP/443 flow */
 #define IL_PUNT_HTTP 4 /* the first plaintext request of a pending TCP flow */
 
 /* A verdict from userspace for a pending flow (value of flow_verdicts): the
- * datapath applies it at the flow's next upload packet, re-running the rules with
- * this provider, and deletes the entry. */
+ * datapath applies it at the flow's next packet (upload in lan_ingress, or a
+ * reply in lan_egress), re-running the rules with this provider, and deletes the
+ * entry. */
 struct il_verdict {
 	__u16 provider_id; /* 0: nothing recognised; the flow just stops waiting */
 	__u8 source;       /* IL_SRC_SNI / IL_SRC_QUIC / IL_SRC_HTTP */

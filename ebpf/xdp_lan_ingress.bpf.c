@@ -25,6 +25,8 @@ __noinline int il_classify_global(const struct il_flow_key *key, struct il_flow 
 	return 0;
 }
 
+IL_DEFINE_APPLY_VERDICT(il_classify_global)
+
 static __always_inline struct il_flow *il_flow_get_or_create(const struct il_flow_key *key,
 							     const struct il_pkt *pkt,
 							     __u32 ifindex, __u64 now)
@@ -107,18 +109,13 @@ __noinline int il_pending(struct xdp_md *ctx, const struct il_flow_key *key, str
 			  __u32 payload_off, __u64 len)
 {
 	void *data, *data_end;
-	struct il_verdict *v;
 	__u8 *payload;
 	__u8 first;
 
 	if (!ctx || !key || !flow)
 		return 0;
-	v = bpf_map_lookup_elem(&flow_verdicts, key);
-	if (v) {
-		il_apply_verdict(key, flow, v);
-		bpf_map_delete_elem(&flow_verdicts, key);
+	if (il_take_verdict(key, flow))
 		return 0;
-	}
 	if (flow->up_packets > IL_PENDING_PACKETS) {
 		/* Its first packets went to userspace: the verdict comes within
 		 * milliseconds, later on a loaded box, while a download's ACKs pass

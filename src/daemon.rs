@@ -139,6 +139,10 @@ struct State {
     queues: Mutex<Option<crate::qos::Qos>>,
     /// What was reported of each live flow; decides ends and deletions.
     tracker: Mutex<crate::flow::FlowTracker>,
+    /// Addresses found in addr_providers but not in the book at the last sweep.
+    kernel_only: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+    /// Observe mode: the blocked flows already logged.
+    would_block: Mutex<crate::flow::would_block::WouldBlock>,
     /// Flow records to the `[export]` collectors (None without `[export]`).
     exporter: Mutex<Option<crate::export::FlowExporter>>,
     config_path: PathBuf,
@@ -296,6 +300,9 @@ impl State {
                 }
             }
             let mut dp = self.datapath();
+            if let Err(e) = dp.set_dns_names(&p.catalog.kernel_names()) {
+                tracing::warn!(error = %e, "provider names for the datapath's DNS reading; the daemon still learns");
+            }
             if let Err(e) = dp.install_with(&p.rules.maps(), switches(&p.config)) {
                 if let Some(q) = queues.as_mut() {
                     if let Err(re) = update_queues(q, &live.config, uplinks.as_ref()) {
@@ -355,9 +362,21 @@ impl State {
 /// A ClientHello being assembled from a pending flow's first packets.
 struct Hello {
     started: Instant,
+    /// Anchored at the segment that starts the stream (a TLS handshake record).
     tls: Option<crate::classify::tls::HelloAssembler>,
+    /// TCP segments that reached us before the one starting the stream (the
+    /// ring buffer does not keep the wire's order across CPUs): (seq, payload).
+    early: Vec<(u32, Vec<u8>)>,
     quic: Option<crate::classify::quic::CryptoAssembler>,
 }
+
+/// Whether a TCP payload can start a TLS stream: a handshake record, TLS 1.x.
+fn starts_tls_stream(payload: &[u8]) -> bool {
+    payload.len() >= 2 && payload[0] == 0x16 && payload[1] == 0x03
+}
+
+/// Early segments kept per flow: the datapath punts at most 12 per flow.
+const MAX_EARLY_SEGMENTS: usize = 12;
 
 /// Hellos in assembly at once; more means flows that never finish theirs.
 const MAX_PENDING_HELLOS: usize = 4096;
@@ -413,14 +432,32 @@ impl State {
             }
             let entry = hellos.entry(pkt.key).or_insert_with(|| Hello {
                 started: Instant::now(),
-                tls: (kind == crate::bpf::abi::PUNT_TLS).then(|| tls::HelloAssembler::new(pkt.seq)),
+                tls: None,
+                early: Vec::new(),
                 quic: (kind == crate::bpf::abi::PUNT_QUIC).then(quic::CryptoAssembler::new),
             });
-            let outcome = if let Some(a) = entry.tls.as_mut() {
-                match a.push(pkt.seq, pkt.payload) {
-                    tls::AssemblyResult::Done(info) => Some(Ok((info.sni, info.ech, crate::bpf::abi::SRC_SNI))),
-                    tls::AssemblyResult::NeedMore => None,
-                    tls::AssemblyResult::Failed(e) => Some(Err(e.to_string())),
+            let outcome = if kind == crate::bpf::abi::PUNT_TLS {
+                // The datapath punts a flow only when its first payload starts a
+                // TLS record, but a later segment may overtake it on the way here
+                // (another CPU): keep such segments until the first one arrives.
+                if entry.tls.is_none() && !starts_tls_stream(pkt.payload) {
+                    if entry.early.len() < MAX_EARLY_SEGMENTS && !pkt.payload.is_empty() {
+                        entry.early.push((pkt.seq, pkt.payload.to_vec()));
+                    }
+                    None
+                } else {
+                    let a = entry.tls.get_or_insert_with(|| tls::HelloAssembler::new(pkt.seq));
+                    let mut result = a.push(pkt.seq, pkt.payload);
+                    for (seq, payload) in std::mem::take(&mut entry.early) {
+                        if result == tls::AssemblyResult::NeedMore {
+                            result = a.push(seq, &payload);
+                        }
+                    }
+                    match result {
+                        tls::AssemblyResult::Done(info) => Some(Ok((info.sni, info.ech, crate::bpf::abi::SRC_SNI))),
+                        tls::AssemblyResult::NeedMore => None,
+                        tls::AssemblyResult::Failed(e) => Some(Err(e.to_string())),
+                    }
                 }
             } else if let Some(a) = entry.quic.as_mut() {
                 match quic::decrypt_initial(pkt.payload) {
@@ -577,7 +614,29 @@ impl State {
                 return;
             }
         };
-        let gone = self.book.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now(), &in_use);
+        let mut gone = self.book.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now(), &in_use);
+        // Addresses the datapath installed from an answer the daemon did not
+        // learn (a full ring buffer, an answer it refused): nobody would expire
+        // them. Removed when two sweeps in a row (10 s apart) find them unknown
+        // and unused, so that one the daemon is about to learn is left alone.
+        match self.datapath().learned_addresses() {
+            Ok(all) => {
+                let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+                let unknown: std::collections::HashSet<std::net::IpAddr> = all
+                    .into_iter()
+                    .map(|(a, _)| {
+                        let v4 = a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+                        crate::bpf::abi::addr_from_bytes(a, if v4 { 4 } else { 6 })
+                    })
+                    .filter(|a| book.provider(a).is_none() && !in_use.contains(a))
+                    .collect();
+                drop(book);
+                let mut suspects = self.kernel_only.lock().unwrap_or_else(|p| p.into_inner());
+                gone.extend(unknown.intersection(&suspects).copied());
+                *suspects = unknown;
+            }
+            Err(e) => tracing::warn!(error = %e, "read learned addresses"),
+        }
         for addr in gone {
             if let Err(e) = self.datapath().forget_address(crate::bpf::abi::addr_bytes(addr)) {
                 tracing::warn!(%addr, error = %e, "forget address");
@@ -701,6 +760,7 @@ impl State {
                 }
             }
         };
+        self.log_would_block(&flows);
         let scan = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).scan(now, &flows, size);
         if scan.vanished > 0 {
             tracing::warn!(flows = scan.vanished, "flows evicted by the kernel before the daemon could report them; raise daemon.flow_table_size");
@@ -710,6 +770,49 @@ impl State {
             if let Err(e) = self.datapath().delete_flows(&scan.delete) {
                 tracing::warn!(error = %e, "delete ended flows");
             }
+        }
+    }
+
+    /// Observe mode: one log line per flow a block verdict would have stopped
+    /// (the scan sees every flow before it is deleted), at most
+    /// `would_block::MAX_PER_SCAN` a second.
+    fn log_would_block(&self, flows: &[(crate::bpf::abi::FlowKey, crate::bpf::abi::Flow)]) {
+        let live = self.live();
+        if live.config.daemon.mode != Mode::Observe {
+            return;
+        }
+        let scan = self.would_block.lock().unwrap_or_else(|p| p.into_inner()).scan(flows);
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, f) in &scan.log {
+            let client = std::net::SocketAddr::new(crate::bpf::abi::addr_from_bytes(k.client, k.family), u16::from_be(k.client_port));
+            let destination =
+                std::net::SocketAddr::new(crate::bpf::abi::addr_from_bytes(k.remote, k.family), u16::from_be(k.remote_port));
+            let provider = live.catalog.by_id(f.provider_id).map_or("none", |p| p.name.as_str());
+            // Blocks without a rule: block_ai_quic, or a provider whose class
+            // blocks by default.
+            let rule = if f.rule_id > 0 {
+                f.rule_id.to_string()
+            } else if live.config.daemon.block_ai_quic && k.proto == 17 && u16::from_be(k.remote_port) == 443 {
+                "block_ai_quic".to_string()
+            } else {
+                "provider default".to_string()
+            };
+            tracing::info!(
+                %client,
+                %destination,
+                proto = %crate::control::flows::proto_name(k.proto),
+                provider = %provider,
+                rule = %rule,
+                source = %crate::control::flows::source_name(f.source).as_deref().unwrap_or("none"),
+                name = names.get(k).map(String::as_str),
+                "observe mode: flow would have been blocked"
+            );
+        }
+        if scan.suppressed > 0 {
+            tracing::info!(
+                flows = scan.suppressed,
+                "observe mode: more flows would have been blocked this second; not logged one by one"
+            );
         }
     }
 
@@ -1079,6 +1182,8 @@ fn start_datapath(p: &Prepared) -> Result<Datapath, DaemonError> {
     let mut datapath = Datapath::load_with(LoadOptions { flow_table_size: p.config.daemon.flow_table_size })?;
     // Rules before attaching: the first packet of every flow is classified.
     datapath.install_with(&p.rules.maps(), switches(&p.config))?;
+    // Provider names the datapath reads in DNS answers itself (see lan_egress).
+    datapath.set_dns_names(&p.catalog.kernel_names())?;
     for iface in &p.config.lan.interfaces {
         let a = datapath.attach(iface)?;
         tracing::info!(iface = %a.iface, ifindex = a.ifindex, xdp = ?a.xdp, tc = ?a.tc, "attached");
@@ -1197,6 +1302,8 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         uplinks: Mutex::new(None),
         queues: Mutex::new(None),
         tracker: Mutex::new(crate::flow::FlowTracker::new(timeouts)),
+        would_block: Mutex::new(Default::default()),
+        kernel_only: Mutex::new(Default::default()),
         exporter: Mutex::new(exporter),
     });
     // Routing and steering before readiness: the first flow already goes to the

@@ -467,3 +467,64 @@ fn example_config_documents_the_section() {
     expect_lookup(&catalog, "llm.acme.example", Some("acme-llm"));
     assert_eq!(acme.class, "interactive");
 }
+
+/// What lan_egress does with dns_names (ebpf/inferlane_dns.h), in Rust: hash the
+/// name from its end, look each suffix up at its label start, the longest match
+/// wins, an exact entry only for the whole name.
+fn kernel_lookup(names: &std::collections::HashMap<u64, inferlane::bpf::abi::DnsName>, host: &str) -> Option<u16> {
+    let host = host.to_ascii_lowercase();
+    let mut found = None;
+    // Suffixes from the shortest to the whole name, as the datapath meets them.
+    let starts: Vec<usize> = (0..host.len()).rev().filter(|&i| i == 0 || host.as_bytes()[i - 1] == b'.').collect();
+    for at in starts {
+        let Some(m) = names.get(&inferlane::bpf::abi::dns_suffix_hash(&host[at..])) else { continue };
+        if at == 0 && m.exact != 0 {
+            found = Some(m.exact);
+        } else if at > 0 && m.wildcard != 0 {
+            found = Some(m.wildcard);
+        }
+    }
+    found
+}
+
+/// The datapath's own reading of DNS answers never names another provider than
+/// the catalog's lookup: over every built-in host, instances of every pattern
+/// (suffixes, region wildcards) and names around them, the kernel's answer is
+/// the lookup's or nothing (the daemon learns those a moment later). Exact names
+/// and suffixes are all covered.
+#[test]
+fn kernel_names_agree_with_the_catalog_lookup() {
+    let catalog = Catalog::builtin();
+    let names: std::collections::HashMap<u64, inferlane::bpf::abi::DnsName> = catalog.kernel_names().into_iter().collect();
+    let mut hosts = Vec::new();
+    for p in catalog.providers() {
+        for h in &p.hosts {
+            let example = example_of(h);
+            hosts.push(example.clone());
+            hosts.push(format!("deep.er.{example}"));
+            hosts.push(h.trim_start_matches("*.").replace('*', "us-east-1"));
+            hosts.push(format!("x{}", h.trim_start_matches("*.")));
+            hosts.push(h.trim_start_matches("*.").to_ascii_uppercase());
+        }
+    }
+    let (mut matched, mut left) = (0, 0);
+    for host in &hosts {
+        let kernel = kernel_lookup(&names, host);
+        let lookup = catalog.lookup(host).map(|p| p.id);
+        match kernel {
+            Some(id) => {
+                assert_eq!(Some(id), lookup, "{host}: the kernel names provider {id}, the catalog {lookup:?}");
+                matched += 1;
+            }
+            None => left += usize::from(lookup.is_some()),
+        }
+    }
+    // Only region-wildcard names (and suffixes a region could outrank) are left
+    // to the daemon.
+    for p in catalog.providers() {
+        for h in p.hosts.iter().filter(|h| !h.contains('*')) {
+            assert_eq!(kernel_lookup(&names, h), Some(p.id), "{h}: exact names are all in the kernel's table");
+        }
+    }
+    assert!(matched > left, "expected most provider names recognised in the kernel: {matched} matched, {left} left");
+}

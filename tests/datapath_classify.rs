@@ -61,6 +61,7 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC is -1; the kernel reports the verdict as a u32.
 const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+const TC_ACT_SHOT: u32 = 2;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -90,6 +91,7 @@ const TCP_FIN: u8 = TcpFlags::FIN;
 const TCP_SYN: u8 = TcpFlags::SYN;
 const TCP_PSH: u8 = TcpFlags::PSH;
 const TCP_ACK: u8 = TcpFlags::ACK;
+const TCP_RST: u8 = TcpFlags::RST;
 
 // ---------------------------------------------------------------------------------
 // The config under test
@@ -1356,8 +1358,21 @@ fn run_case(h: &mut Harness, c: &Case, enforce: bool) -> Result<(), String> {
             Err(e) => return Err(format!("upload packet {i} via lan_ingress: {e}")),
         }
     }
+    let mut down_dropped = 0;
     for (i, frame) in c.down.iter().enumerate() {
         let run = h.egress(frame);
+        // Enforce mode: a blocked flow's replies are dropped (all but a RST, which
+        // is how the router answers the client).
+        if blocked_reply(frame, &c.want, enforce) {
+            if run.verdict != TC_ACT_SHOT {
+                return Err(format!(
+                    "download packet {i} via lan_egress of a blocked flow: expected TC_ACT_SHOT, saw {:#x}",
+                    run.verdict
+                ));
+            }
+            down_dropped += 1;
+            continue;
+        }
         check_egress(&run, frame)
             .map_err(|e| format!("download packet {i} via lan_egress: {e}"))?;
         // Enforce mode: the flow's queue for the LAN interface's qdisc (src/qos).
@@ -1378,7 +1393,7 @@ fn run_case(h: &mut Harness, c: &Case, enforce: bool) -> Result<(), String> {
         frag_first: c.frag_stats[0],
         frag_nonfirst: c.frag_stats[1],
         frag_orphan: c.frag_stats[2],
-        blocked: if blocked { c.up.len() as u64 } else { 0 },
+        blocked: if blocked { c.up.len() as u64 + down_dropped } else { 0 },
         dscp_rewritten: rewritten,
         download_unmatched: 0,
     };
@@ -1398,18 +1413,35 @@ fn run_case(h: &mut Harness, c: &Case, enforce: bool) -> Result<(), String> {
             keys.join("\n    ")
         ));
     };
-    check_flow(h, flow, c)
+    check_flow(h, flow, c, enforce)
 }
 
-fn check_flow(h: &Harness, flow: &Flow, c: &Case) -> Result<(), String> {
+/// Whether lan_egress drops this download packet of a flow with treatment `t`:
+/// enforce mode, a blocked flow, and not a TCP RST.
+fn blocked_reply(frame: &[u8], t: &Treatment, enforce: bool) -> bool {
+    enforce && t.verdict == VERDICT_BLOCK && !is_tcp_rst(frame)
+}
+
+fn is_tcp_rst(frame: &[u8]) -> bool {
+    let (l3, ethertype) = l3_of(frame);
+    let l4 = match ethertype {
+        ETH_P_IP if frame[l3 + 9] == 6 => l3 + (frame[l3] & 0x0f) as usize * 4,
+        ETH_P_IPV6 if frame[l3 + 6] == 6 => l3 + 40,
+        _ => return false,
+    };
+    frame.get(l4 + 13).is_some_and(|f| f & 0x04 != 0)
+}
+
+fn check_flow(h: &Harness, flow: &Flow, c: &Case, enforce: bool) -> Result<(), String> {
     let t = &c.want;
+    let delivered: Vec<&Vec<u8>> = c.down.iter().filter(|f| !blocked_reply(f, t, enforce)).collect();
     // Start from what was seen, so that times (checked below) and any field added to
     // the struct later compare equal; every field this test predicts is set.
     let mut want = *flow;
     want.up_packets = c.up.len() as u64;
     want.up_bytes = c.up.iter().map(|f| ip_len(f)).sum();
-    want.down_packets = c.down.len() as u64;
-    want.down_bytes = c.down.iter().map(|f| ip_len(f)).sum();
+    want.down_packets = delivered.len() as u64;
+    want.down_bytes = delivered.iter().map(|f| ip_len(f)).sum();
     want.rule_id = t.rule_id;
     want.mark = t.mark;
     want.priority = t.priority;
@@ -1420,7 +1452,8 @@ fn check_flow(h: &Harness, flow: &Flow, c: &Case) -> Result<(), String> {
     want.source = t.source();
     want.dscp_seen = tos_of(&c.up[0]) >> 2;
     want.tcp_flags_up = c.tcp_up;
-    want.tcp_flags_down = c.tcp_down;
+    // The flags of the replies that went through (a blocked flow's are dropped).
+    want.tcp_flags_down = if delivered.len() == c.down.len() { c.tcp_down } else { 0 };
     // Whether the flow waits for a userspace verdict (SNI/QUIC), and how many of
     // its packets were copied out, depend on payloads and on the ring buffer's room;
     // the SNI path is tested end to end in tests/sni_e2e.rs.
@@ -1428,7 +1461,9 @@ fn check_flow(h: &Harness, flow: &Flow, c: &Case) -> Result<(), String> {
     want.uplink = t.uplink;
     want.punts = flow.punts;
     want.ifindex = h.ifindex;
-    want.pad1 = 0;
+    // Downloads keep their DSCP; the entry holds the latest reply's.
+    want.dscp_down = delivered.last().map_or(0, |f| tos_of(f) >> 2);
+    want.pad1 = [0; 3];
     if *flow != want {
         return Err(format!(
             "flow {}:\n  expected {want:?}\n  saw      {flow:?}\n  differing: {}",
@@ -1632,7 +1667,8 @@ fn cases(h: &Harness) -> Vec<Case> {
             udp_pkt(c4, v4(192, 0, 3, 0), 41_015, 7000, EF << 2),
             none,
         ),
-        // Rule 3: blocked client, tcp:443, any destination; the reply still counts.
+        // Rule 3: blocked client, tcp:443, any destination; in enforce mode a reply
+        // (a server answering a SYN that raced the verdict) is dropped too.
         Case::new(
             "rule3_block_v4_tcp443",
             &[
@@ -1657,6 +1693,14 @@ fn cases(h: &Harness) -> Vec<Case> {
         Case::one(
             "rule3_block_before_rule4",
             tcp_pkt(c4_blocked, v4(198, 51, 100, 9), 41_031, 443, TCP_SYN, ECT0),
+            rule3,
+        ),
+        // The RST the router answers a blocked SYN with leaves through lan_egress:
+        // it passes and counts.
+        Case::new(
+            "rule3_block_rst_to_client_passes",
+            &[tcp_pkt(c4_blocked, v4(192, 0, 2, 21), 41_034, 443, TCP_SYN, 0)],
+            &[tcp_pkt(c4_blocked, v4(192, 0, 2, 21), 41_034, 443, TCP_SYN, 0).reply().with_tcp_flags(TCP_RST | TCP_ACK)],
             rule3,
         ),
         Case::one(
@@ -2647,4 +2691,436 @@ fn batched_flow_table_reads_and_deletes() {
 
 fn require_root_or_skip_batch() -> bool {
     lab::require_root_or_skip("batched_flow_table_reads_and_deletes")
+}
+
+// ---------------------------------------------------------------------------------
+// Userspace verdicts taken by a download packet
+// ---------------------------------------------------------------------------------
+
+/// Rules that only a provider verdict can match (no destinations: candidates
+/// everywhere).
+const CONFIG_VERDICTS: &str = r#"
+[lan]
+interfaces = ["lan0"]
+
+[[uplinks]]
+name = "fiber"
+interface = "wan0"
+
+[routing]
+default_uplinks = []
+
+[[classes]]
+name = "interactive"
+dscp = "AF41"
+queue = "high"
+uplinks = ["fiber"]
+
+# 1
+[[rules]]
+class = "interactive"
+providers = ["openai"]
+
+# 2
+[[rules]]
+action = "block"
+providers = ["deepseek"]
+"#;
+
+/// A frame of `pkt`'s headers carrying `data` as its transport payload.
+fn frame_with(pkt: &Pkt, data: &[u8]) -> Vec<u8> {
+    let (proto, l4) = transport(pkt.src, pkt.dst, pkt.l4, data);
+    let (ethertype, l3) = match (pkt.src, pkt.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (EtherTypes::Ipv4, ipv4_packet(s, d, pkt.tos, proto, V4Frag::NONE, &l4)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (EtherTypes::Ipv6, ipv6_packet(s, d, pkt.tos, proto, &l4)),
+        _ => panic!("{} -> {}: mixed families", pkt.src, pkt.dst),
+    };
+    ethernet(pkt.vlan, ethertype, &l3)
+}
+
+/// The first bytes of a TLS ClientHello record and of a QUIC v1 Initial: enough
+/// for the datapath's gate (it copies them to userspace; nobody reads them here).
+const TLS_HELLO_START: [u8; 9] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+const QUIC_INITIAL_START: [u8; 9] = [0xc3, 0x00, 0x00, 0x00, 0x01, 0x08, 0x11, 0x22, 0x33];
+
+struct VerdictCase {
+    name: &'static str,
+    client: IpAddr,
+    remote: IpAddr,
+    /// TCP: SYN, SYN-ACK, ACK, then the ClientHello; UDP/443: the Initial.
+    tcp: bool,
+    provider: &'static str,
+    source: u8,
+    /// What the flow gets once the verdict is applied.
+    want: Treatment,
+}
+
+/// The race the download hook closes: a pending flow's client packets have all
+/// passed (handshake, ClientHello) when userspace's verdict lands in
+/// flow_verdicts; the server's next reply, through lan_egress, applies it. The
+/// flow then carries the verdict's provider, source, rule, class, DSCP, mark and
+/// uplink, no longer waits, the verdict is gone from the map, and that very reply
+/// already leaves with the class's skb->priority (enforce mode). The client's next
+/// upload packet gets the DSCP rewrite and metadata of the class. Also: a verdict
+/// that recognised nothing only ends the wait; a block verdict taken on the way
+/// down drops that reply (enforce mode) and stops the next upload packet; a verdict for a flow that is not waiting is
+/// left alone; in observe mode the flow is classified but the priority untouched.
+#[test]
+fn pending_flow_takes_its_verdict_from_a_download_packet() {
+    if !lab::require_root_or_skip("pending_flow_takes_its_verdict_from_a_download_packet") {
+        return;
+    }
+    let catalog = inferlane::classify::catalog::Catalog::builtin();
+    let id = |name: &str| catalog.by_name(name).unwrap_or_else(|| panic!("expected {name} in the catalog")).id;
+    for enforce in [true, false] {
+        let mut h = Harness::load(CONFIG_VERDICTS, enforce);
+        let interactive = h.class(1, INTERACTIVE, AF41);
+        let cases = [
+            VerdictCase {
+                name: "tcp4_sni_openai",
+                client: IpAddr::V4(CLIENT4),
+                remote: v4(203, 0, 113, 40),
+                tcp: true,
+                provider: "openai",
+                source: abi::SRC_SNI,
+                want: interactive,
+            },
+            VerdictCase {
+                name: "tcp6_sni_openai",
+                client: IpAddr::V6(CLIENT6),
+                remote: v6([0x2001, 0xdb8, 0x300, 0, 0, 0, 0, 0x40]),
+                tcp: true,
+                provider: "openai",
+                source: abi::SRC_SNI,
+                want: interactive,
+            },
+            VerdictCase {
+                name: "udp4_quic_openai",
+                client: IpAddr::V4(CLIENT4),
+                remote: v4(203, 0, 113, 41),
+                tcp: false,
+                provider: "openai",
+                source: abi::SRC_QUIC,
+                want: interactive,
+            },
+            VerdictCase {
+                name: "udp6_quic_openai",
+                client: IpAddr::V6(CLIENT6),
+                remote: v6([0x2001, 0xdb8, 0x300, 0, 0, 0, 0, 0x41]),
+                tcp: false,
+                provider: "openai",
+                source: abi::SRC_QUIC,
+                want: interactive,
+            },
+            VerdictCase {
+                name: "tcp4_sni_nothing_recognised",
+                client: IpAddr::V4(CLIENT4),
+                remote: v4(203, 0, 113, 42),
+                tcp: true,
+                provider: "",
+                source: abi::SRC_SNI,
+                want: Treatment::NONE,
+            },
+            VerdictCase {
+                name: "tcp4_sni_deepseek_blocked",
+                client: IpAddr::V4(CLIENT4),
+                remote: v4(203, 0, 113, 43),
+                tcp: true,
+                provider: "deepseek",
+                source: abi::SRC_SNI,
+                want: h.block(2),
+            },
+        ];
+        let mut failures = Vec::new();
+        for (i, c) in cases.iter().enumerate() {
+            let mode = if enforce { "enforce" } else { "observe" };
+            if let Err(e) = run_verdict_case(&mut h, c, 41_000 + i as u16, enforce, &id) {
+                failures.push(format!("{} ({mode}): {e}", c.name));
+            }
+        }
+        // A flow a static rule settled (none here: the main table's unclassified
+        // UDP, not port 443) never waits, and a verdict addressed to it stays
+        // untouched by its replies (the sweep removes it later).
+        let other = udp_pkt(IpAddr::V4(CLIENT4), v4(203, 0, 113, 44), 41_100, 5000, 0);
+        h.xdp(&other.frame());
+        let v = abi::Verdict { provider_id: id("openai"), source: abi::SRC_SNI, flags: 0, pad: 0 };
+        h.dp.set_verdict(other.key(), v).expect("write the verdict");
+        let run = h.egress(&other.reply().frame());
+        let f = h.flow(&other.key()).expect("the flow not waiting");
+        let left = h.dp.verdicts().expect("read flow_verdicts");
+        if run.priority != PRIORITY_IN || f.provider_id != 0 || !left.iter().any(|(k, _)| *k == other.key()) {
+            failures.push(format!(
+                "not pending: expected its verdict ignored by lan_egress (priority {PRIORITY_IN}, provider 0, verdict \
+                 still in the map), saw priority {}, provider {}, verdict in map: {}",
+                run.priority,
+                f.provider_id,
+                left.iter().any(|(k, _)| *k == other.key())
+            ));
+        }
+        assert!(failures.is_empty(), "{} verdict case(s) failed:\n  {}", failures.len(), failures.join("\n  "));
+    }
+}
+
+fn run_verdict_case(
+    h: &mut Harness,
+    c: &VerdictCase,
+    sport: u16,
+    enforce: bool,
+    id: &dyn Fn(&str) -> u16,
+) -> Result<(), String> {
+    let up = if c.tcp {
+        tcp_pkt(c.client, c.remote, sport, 443, TCP_SYN, 0)
+    } else {
+        udp_pkt(c.client, c.remote, sport, 443, 0)
+    };
+    let key = up.key();
+    let mut frames = Vec::new();
+    if c.tcp {
+        let syn = up.frame();
+        let synack = up.reply().frame();
+        let ack = up.with_tcp_flags(TCP_ACK).frame();
+        let hello = frame_with(&up.with_tcp_flags(TCP_PSH | TCP_ACK), &TLS_HELLO_START);
+        frames.push((true, syn));
+        frames.push((false, synack));
+        frames.push((true, ack));
+        frames.push((true, hello));
+    } else {
+        frames.push((true, frame_with(&up, &QUIC_INITIAL_START)));
+    }
+    // The client's packets, and the server's SYN-ACK before any verdict exists.
+    let punted_before = h.stats().punted;
+    for (upload, frame) in &frames {
+        if *upload {
+            let run = h.xdp(frame);
+            check_ingress(&run, frame, &Treatment::NONE, enforce).map_err(|e| format!("client packet: {e}"))?;
+        } else {
+            let run = h.egress(frame);
+            check_egress(&run, frame).map_err(|e| format!("SYN-ACK: {e}"))?;
+            if run.priority != PRIORITY_IN {
+                return Err(format!("SYN-ACK before the verdict: expected priority {PRIORITY_IN}, saw {}", run.priority));
+            }
+        }
+    }
+    let punted = h.stats().punted - punted_before;
+    if punted != 1 {
+        return Err(format!("expected the hello/Initial copied to userspace once, saw {punted} punts"));
+    }
+    let f = h.flow(&key).ok_or("expected a flow after the client's packets")?;
+    if f.flags & FLOW_F_PENDING == 0 || f.provider_id != 0 {
+        return Err(format!(
+            "expected the flow pending and without provider before the verdict, saw flags {:#x}, provider {}",
+            f.flags, f.provider_id
+        ));
+    }
+
+    // The verdict arrives after the client's last packet.
+    let provider = if c.provider.is_empty() { 0 } else { id(c.provider) };
+    let v = abi::Verdict { provider_id: provider, source: c.source, flags: 0, pad: 0 };
+    h.dp.set_verdict(key, v).map_err(|e| format!("write the verdict: {e}"))?;
+
+    // The server's reply takes it.
+    let reply_pkt = if c.tcp { up.reply().with_tcp_flags(TCP_PSH | TCP_ACK) } else { up.reply() };
+    let reply = frame_with(&reply_pkt, &payload(200));
+    let blocked_before = h.stats().blocked;
+    let run = h.egress(&reply);
+    // A block taken on the way down drops that very reply (enforce mode): a QUIC
+    // server's first flight must not complete the client's handshake.
+    let dropped = blocked_reply(&reply, &c.want, enforce);
+    if dropped {
+        if run.verdict != TC_ACT_SHOT {
+            return Err(format!("expected the reply that took the block dropped (TC_ACT_SHOT), saw {:#x}", run.verdict));
+        }
+    } else {
+        check_egress(&run, &reply).map_err(|e| format!("reply: {e}"))?;
+    }
+    let blocked = h.stats().blocked - blocked_before;
+    if blocked != u64::from(dropped) {
+        return Err(format!("expected {} reply counted blocked, saw {blocked}", u64::from(dropped)));
+    }
+    let f = h.flow(&key).ok_or("expected the flow after the reply")?;
+    let want_source = if provider == 0 { SRC_NONE } else { c.source };
+    let seen = (Treatment::of(&f), f.provider_id, f.source, f.flags & FLOW_F_PENDING);
+    let want = (c.want, provider, want_source, 0);
+    if seen != want {
+        return Err(format!(
+            "after the reply: expected (treatment, provider, source, pending) {want:?}, saw {seen:?}"
+        ));
+    }
+    if h.dp.verdicts().map_err(|e| format!("read flow_verdicts: {e}"))?.iter().any(|(k, _)| *k == key) {
+        return Err("expected the verdict removed from flow_verdicts once applied".into());
+    }
+    let want_priority = if enforce && c.want.priority != 0 { c.want.priority } else { PRIORITY_IN };
+    if !dropped && run.priority != want_priority {
+        return Err(format!(
+            "expected the reply that took the verdict to leave with priority {want_priority:#x}, saw {:#x}",
+            run.priority
+        ));
+    }
+    let (synack_packets, synack_bytes) = if c.tcp { (1, ip_len(&frames[1].1)) } else { (0, 0) };
+    let (reply_packets, reply_bytes) = if dropped { (0, 0) } else { (1, ip_len(&reply)) };
+    if (f.down_packets, f.down_bytes) != (synack_packets + reply_packets, synack_bytes + reply_bytes) {
+        return Err(format!("expected the download counted as usual, saw {} packets, {} bytes", f.down_packets, f.down_bytes));
+    }
+
+    // The client's next packet is treated as the class says (DSCP, metadata, or
+    // the block).
+    let next = if c.tcp { up.with_tcp_flags(TCP_ACK) } else { up.with_payload(30) };
+    let frame = next.frame();
+    let blocked_before = h.stats().blocked;
+    let run = h.xdp(&frame);
+    check_ingress(&run, &frame, &c.want, enforce).map_err(|e| format!("next client packet: {e}"))?;
+    let blocked = h.stats().blocked - blocked_before;
+    let want_blocked = u64::from(enforce && c.want.verdict == VERDICT_BLOCK);
+    if blocked != want_blocked {
+        return Err(format!("expected {want_blocked} packet(s) counted blocked, saw {blocked}"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// DNS answers read by lan_egress
+// ---------------------------------------------------------------------------------
+
+/// A DNS response for `qname` with `answers` (owner, record), built with
+/// simple-dns (names compressed as a server does).
+fn dns_response(qname: &str, qtype: simple_dns::TYPE, answers: &[(&str, simple_dns::rdata::RData<'static>)]) -> Vec<u8> {
+    use simple_dns::{Name, Packet, Question, ResourceRecord, CLASS, QTYPE};
+    let mut p = Packet::new_reply(0x4242);
+    p.questions.push(Question::new(Name::new_unchecked(qname), QTYPE::TYPE(qtype), CLASS::IN.into(), false));
+    for (owner, data) in answers {
+        p.answers.push(ResourceRecord::new(Name::new_unchecked(owner), CLASS::IN, 300, data.clone()));
+    }
+    p.build_bytes_vec_compressed().expect("the DNS response builds")
+}
+
+fn a(ip: Ipv4Addr) -> simple_dns::rdata::RData<'static> {
+    simple_dns::rdata::RData::A(simple_dns::rdata::A { address: u32::from(ip) })
+}
+
+fn aaaa(ip: Ipv6Addr) -> simple_dns::rdata::RData<'static> {
+    simple_dns::rdata::RData::AAAA(simple_dns::rdata::AAAA { address: u128::from(ip) })
+}
+
+/// lan_egress reads DNS answers to clients and installs the addresses of
+/// provider names (dns_names, from the catalog) before the answer goes on:
+/// exact names, `*.` suffixes, any case, through a CNAME chain, both families of
+/// records and of transport; the answer itself passes unchanged. Not installed:
+/// names of no provider, queries, error responses, a question with a compression
+/// pointer. Every truncation of an answer and 5,000 random messages pass without
+/// installing anything but the answer's own addresses. Then a SYN to an
+/// installed address is classified by provider at that first packet.
+#[test]
+fn dns_answers_install_provider_addresses_on_their_way() {
+    if !lab::require_root_or_skip("dns_answers_install_provider_addresses_on_their_way") {
+        return;
+    }
+    use simple_dns::TYPE;
+    let catalog = inferlane::classify::catalog::Catalog::builtin();
+    let id = |name: &str| catalog.by_name(name).unwrap_or_else(|| panic!("{name} in the catalog")).id;
+    let mut h = Harness::load(CONFIG_VERDICTS, true);
+    h.dp.set_dns_names(&catalog.kernel_names()).expect("install dns_names");
+    let resolver4 = v4(192, 0, 2, 53);
+    let resolver6 = v6([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x53]);
+    let answer_to = |client: IpAddr, resolver: IpAddr, msg: &[u8]| frame_with(&udp_pkt(resolver, client, 53, 40_053, 0), msg);
+    let learned = |h: &Harness| -> HashMap<[u8; 16], u16> {
+        h.dp.learned_addresses().expect("read addr_providers").into_iter().collect()
+    };
+    let mapped = |ip: Ipv4Addr| addr_bytes(IpAddr::V4(ip));
+    let six = |ip: Ipv6Addr| addr_bytes(IpAddr::V6(ip));
+
+    let openai = Ipv4Addr::new(203, 0, 113, 50);
+    let azure = Ipv6Addr::new(0x2001, 0xdb8, 0x300, 0, 0, 0, 0, 0x51);
+    let anthropic = Ipv4Addr::new(203, 0, 113, 52);
+    let deepseek = Ipv4Addr::new(203, 0, 113, 53);
+    let nobody = Ipv4Addr::new(203, 0, 113, 54);
+    let installs: Vec<(&str, Vec<u8>, IpAddr, [u8; 16], u16)> = vec![
+        ("exact name, A, IPv4 transport", dns_response("api.openai.com", TYPE::A, &[("api.openai.com", a(openai))]),
+            IpAddr::V4(CLIENT4), mapped(openai), id("openai")),
+        ("suffix, AAAA, IPv6 transport", dns_response("My-Res.OpenAI.Azure.com", TYPE::AAAA, &[("My-Res.OpenAI.Azure.com", aaaa(azure))]),
+            IpAddr::V6(CLIENT6), six(azure), id("azure-openai")),
+        ("CNAME chain", dns_response("api.anthropic.com", TYPE::A, &[
+                ("api.anthropic.com", simple_dns::rdata::RData::CNAME(simple_dns::rdata::CNAME(simple_dns::Name::new_unchecked("edge.cdn.example")))),
+                ("edge.cdn.example", a(anthropic)),
+            ]), IpAddr::V4(CLIENT4), mapped(anthropic), id("anthropic")),
+        ("blocked provider", dns_response("api.deepseek.com", TYPE::A, &[("api.deepseek.com", a(deepseek))]),
+            IpAddr::V4(CLIENT4), mapped(deepseek), id("deepseek")),
+    ];
+    for (what, msg, client, addr, provider) in &installs {
+        let resolver = if client.is_ipv6() { resolver6 } else { resolver4 };
+        let frame = answer_to(*client, resolver, msg);
+        let run = h.egress(&frame);
+        check_egress(&run, &frame).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(learned(&h).get(addr), Some(provider), "{what}: expected the address installed for provider {provider}");
+    }
+    let before = learned(&h);
+
+    // Nothing installed.
+    let mut query = dns_response("api.openai.com", TYPE::A, &[("api.openai.com", a(nobody))]);
+    query[2] &= 0x7f; // QR = 0
+    let mut nxdomain = dns_response("api.openai.com", TYPE::A, &[("api.openai.com", a(nobody))]);
+    nxdomain[3] |= 3;
+    let mut pointer_question = dns_response("api.openai.com", TYPE::A, &[("api.openai.com", a(nobody))]);
+    pointer_question.splice(12..12, [0xc0, 0x0c]); // a question name that is a pointer
+    let refused: Vec<(&str, Vec<u8>)> = vec![
+        ("a name of no provider", dns_response("www.example.com", TYPE::A, &[("www.example.com", a(nobody))])),
+        ("a near miss", dns_response("api.openai.com.evil.example", TYPE::A, &[("api.openai.com.evil.example", a(nobody))])),
+        ("the apex of a suffix", dns_response("openai.azure.com", TYPE::A, &[("openai.azure.com", a(nobody))])),
+        ("a query", query),
+        ("an error response", nxdomain),
+        ("a pointer as the question", pointer_question),
+    ];
+    for (what, msg) in &refused {
+        let frame = answer_to(IpAddr::V4(CLIENT4), resolver4, msg);
+        let run = h.egress(&frame);
+        check_egress(&run, &frame).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(learned(&h), before, "{what}: expected nothing installed");
+    }
+
+    // Every truncation of a two-record answer, and random messages: the packet
+    // passes unchanged, and only the answer's own addresses may be installed
+    // (a record complete before the cut).
+    let other = Ipv4Addr::new(203, 0, 113, 55);
+    let two = dns_response("api.openai.com", TYPE::A, &[("api.openai.com", a(nobody)), ("api.openai.com", a(other))]);
+    for cut in 0..two.len() {
+        let frame = answer_to(IpAddr::V4(CLIENT4), resolver4, &two[..cut]);
+        let run = h.egress(&frame);
+        check_egress(&run, &frame).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let now = learned(&h);
+        for (k, v) in &now {
+            assert!(
+                before.get(k) == Some(v) || ((*k == mapped(nobody) || *k == mapped(other)) && *v == id("openai")),
+                "cut at {cut}: unexpected entry {k:?} -> {v}"
+            );
+        }
+        if cut < two.len() - 16 {
+            assert!(!now.contains_key(&mapped(other)), "cut at {cut}: the second record was not complete");
+        }
+    }
+    let mut rng = XorShift(0xd1b5_4a32_d192_ed03);
+    let after_cuts = learned(&h);
+    for i in 0..5000 {
+        let len = rng.below(600) as usize;
+        let mut msg: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if i % 2 == 0 && len > 12 {
+            // Mostly plausible headers: a response, one question, some answers.
+            msg[2] |= 0x80;
+            msg[3] &= 0xf0;
+            msg[4] = 0;
+            msg[5] = 1;
+        }
+        let frame = answer_to(IpAddr::V4(CLIENT4), resolver4, &msg);
+        let run = h.egress(&frame);
+        check_egress(&run, &frame).unwrap_or_else(|e| panic!("random message {i}: {e}"));
+    }
+    assert_eq!(learned(&h), after_cuts, "random messages installed nothing");
+
+    // The first packet to an installed address is classified by its provider.
+    let syn = tcp_pkt(IpAddr::V4(CLIENT4), IpAddr::V4(openai), 41_500, 443, TCP_SYN, 0);
+    let run = h.xdp(&syn.frame());
+    check_ingress(&run, &syn.frame(), &h.class(1, INTERACTIVE, AF41), true).unwrap_or_else(|e| panic!("SYN to openai: {e}"));
+    let f = h.flow(&syn.key()).expect("the flow");
+    assert_eq!((f.provider_id, f.source, f.rule_id), (id("openai"), abi::SRC_DNS, 1), "{f:?}");
+    let syn = tcp_pkt(IpAddr::V4(CLIENT4), IpAddr::V4(deepseek), 41_501, 443, TCP_SYN, 0);
+    let run = h.xdp(&syn.frame());
+    check_ingress(&run, &syn.frame(), &h.block(2), true).unwrap_or_else(|e| panic!("SYN to deepseek: {e}"));
 }

@@ -286,6 +286,25 @@ pub struct AddrInfo {
     pub pad2: u32,
 }
 
+/// `struct il_dns_name`: value of dns_names, the provider names lan_egress
+/// recognises in DNS answers itself. Key: [`dns_suffix_hash`] of the name.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsName {
+    /// The provider of exactly this name (0: none).
+    pub exact: u16,
+    /// The provider of the names strictly below it (0: none).
+    pub wildcard: u16,
+    pub pad: u32,
+}
+
+/// The key of dns_names: 64-bit FNV-1a over the lowercase dotted name read from
+/// its last character to its first (the datapath hashes every suffix of a name
+/// in one pass that way).
+pub fn dns_suffix_hash(name: &str) -> u64 {
+    name.bytes().rev().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 pub const PUNT_DNS: u32 = 1;
 pub const PUNT_TLS: u32 = 2;
 pub const PUNT_QUIC: u32 = 3;
@@ -375,6 +394,7 @@ const _: () = assert!(std::mem::size_of::<UplinkState>() == 8);
 const _: () = assert!(std::mem::size_of::<UplinkCounters>() == 48);
 const _: () = assert!(std::mem::size_of::<RuleProviderKey>() == 8);
 const _: () = assert!(std::mem::size_of::<AddrInfo>() == 8);
+const _: () = assert!(std::mem::size_of::<DnsName>() == 8);
 const _: () = assert!(std::mem::size_of::<Verdict>() == 8);
 const _: () = assert!(std::mem::size_of::<Punt>() == 16 + PUNT_MAX_DATA);
 const _: () = assert!(std::mem::size_of::<PortRange>() == 8);
@@ -399,6 +419,7 @@ unsafe impl aya::Pod for Settings {}
 unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for RuleProviderKey {}
 unsafe impl aya::Pod for AddrInfo {}
+unsafe impl aya::Pod for DnsName {}
 unsafe impl aya::Pod for Verdict {}
 
 /// An address as the datapath keys it: IPv6, or IPv4 mapped to ::ffff:a.b.c.d.

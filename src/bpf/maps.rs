@@ -38,6 +38,7 @@ const MAP_ADDR_PROVIDERS: &str = "addr_providers";
 const MAP_CLASS_DEMOTE: &str = "class_demote";
 const MAP_PUNTS: &str = "punts";
 const MAP_FLOW_VERDICTS: &str = "flow_verdicts";
+const MAP_DNS_NAMES: &str = "dns_names";
 
 pub(super) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
     move |source| BpfError::Map { map, source }
@@ -219,12 +220,47 @@ impl Datapath {
             .map_err(map_err(MAP_ADDR_PROVIDERS))
     }
 
+    /// Replace the provider names lan_egress recognises in DNS answers.
+    pub fn set_dns_names(&mut self, names: &[(u64, super::abi::DnsName)]) -> Result<(), BpfError> {
+        let mut map: HashMap<&mut MapData, u64, super::abi::DnsName> =
+            HashMap::try_from(self.map_data_mut(MAP_DNS_NAMES)?).map_err(map_err(MAP_DNS_NAMES))?;
+        let keep: std::collections::HashSet<u64> = names.iter().map(|(k, _)| *k).collect();
+        let old: Vec<u64> = map.keys().collect::<Result<_, _>>().map_err(map_err(MAP_DNS_NAMES))?;
+        for (k, v) in names {
+            map.insert(k, v, 0).map_err(map_err(MAP_DNS_NAMES))?;
+        }
+        for k in old.iter().filter(|k| !keep.contains(k)) {
+            match map.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(MAP_DNS_NAMES)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The learned addresses (IPv6 or IPv4-mapped) and their providers.
+    pub fn learned_addresses(&self) -> Result<Vec<([u8; 16], u16)>, BpfError> {
+        let map: HashMap<&MapData, [u8; 16], AddrInfo> =
+            HashMap::try_from(self.map_data(MAP_ADDR_PROVIDERS)?).map_err(map_err(MAP_ADDR_PROVIDERS))?;
+        map.iter()
+            .map(|r| r.map(|(k, v)| (k, v.provider_id)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_ADDR_PROVIDERS))
+    }
+
     /// Hand a verdict to a pending flow; the datapath applies it at the flow's
-    /// next upload packet and removes the entry.
+    /// next packet either way (lan_ingress or lan_egress) and removes the entry.
     pub fn set_verdict(&mut self, key: FlowKey, verdict: super::abi::Verdict) -> Result<(), BpfError> {
         let mut map: HashMap<&mut MapData, FlowKey, super::abi::Verdict> =
             HashMap::try_from(self.map_data_mut(MAP_FLOW_VERDICTS)?).map_err(map_err(MAP_FLOW_VERDICTS))?;
         map.insert(key, verdict, 0).map_err(map_err(MAP_FLOW_VERDICTS))
+    }
+
+    /// The verdicts waiting for their flow's next packet.
+    pub fn verdicts(&self) -> Result<Vec<(FlowKey, super::abi::Verdict)>, BpfError> {
+        let map: HashMap<&MapData, FlowKey, super::abi::Verdict> =
+            HashMap::try_from(self.map_data(MAP_FLOW_VERDICTS)?).map_err(map_err(MAP_FLOW_VERDICTS))?;
+        map.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(MAP_FLOW_VERDICTS))
     }
 
     /// Remove verdicts no flow will pick up: the flow ended, was evicted, or is

@@ -250,6 +250,36 @@ impl Catalog {
         &self.providers
     }
 
+    /// The names the datapath recognises in DNS answers itself (dns_names): exact
+    /// names and `*.` suffixes. Region wildcards stay with the daemon, and so do
+    /// the suffixes a region wildcard could outrank (a name under both must get
+    /// the region's provider, which only the daemon knows). A kernel match is
+    /// therefore always the provider [`Catalog::lookup`] gives; names it misses
+    /// are learned by the daemon a moment later.
+    pub fn kernel_names(&self) -> Vec<(u64, crate::bpf::abi::DnsName)> {
+        let regions: Vec<&str> = self
+            .providers
+            .iter()
+            .flat_map(|p| p.hosts.iter())
+            .filter(|h| !h.starts_with("*.") && h.contains('*'))
+            .filter_map(|h| h.split_once("*.").map(|(_, tail)| tail))
+            .collect();
+        let mut names: std::collections::BTreeMap<&str, crate::bpf::abi::DnsName> = Default::default();
+        for p in &self.providers {
+            for h in &p.hosts {
+                if let Some(suffix) = h.strip_prefix("*.") {
+                    let shadowed = regions.iter().any(|t| *t == suffix || t.ends_with(&format!(".{suffix}")));
+                    if !suffix.contains('*') && !shadowed {
+                        names.entry(suffix).or_default().wildcard = p.id;
+                    }
+                } else if !h.contains('*') {
+                    names.entry(h.as_str()).or_default().exact = p.id;
+                }
+            }
+        }
+        names.into_iter().map(|(n, v)| (crate::bpf::abi::dns_suffix_hash(n), v)).collect()
+    }
+
     /// The provider that lists exactly this pattern (after normalizing it), if any.
     /// Not a lookup: `"*.openai.azure.com"` is owned by azure-openai, while
     /// `"x.openai.azure.com"` is owned by nobody.

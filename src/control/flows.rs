@@ -72,7 +72,7 @@ pub(crate) fn is_streaming(f: &Flow) -> bool {
     long && f.down_packets >= 20 && f.down_bytes / f.down_packets.max(1) < 400
 }
 
-fn proto_name(p: u8) -> String {
+pub(crate) fn proto_name(p: u8) -> String {
     match p {
         6 => "tcp".into(),
         17 => "udp".into(),
@@ -82,7 +82,7 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-fn source_name(s: u8) -> Option<String> {
+pub(crate) fn source_name(s: u8) -> Option<String> {
     Some(
         match s {
             abi::SRC_STATIC => "static",

@@ -18,6 +18,8 @@
 //!
 //! Pure: times and the table's contents come in, decisions go out.
 
+pub mod would_block;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -14,6 +14,8 @@
 //! scenery. The daemon itself talks netlink.
 
 pub mod addr;
+pub mod capture;
+pub mod dns;
 pub mod failover;
 mod error;
 mod icmp;
