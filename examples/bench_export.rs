@@ -191,6 +191,10 @@ fn inferlane_side(lab: &mut Lab, work: &WorkDir, bin: &Path, cfg: &Path, packets
     let send_time = send(lab, cfg, packets)?;
     std::thread::sleep(Duration::from_secs(2));
     let (b1, r1) = (bpf_run_ns(&ids), lan_rx(lab)?);
+    // Where packets could go missing (diagnosis, in the log only).
+    if let Ok(st) = daemon.status() {
+        log(start, format!("{tag}: flow table {:?}; export {:?}", st.flow_table, st.export));
+    }
     // The stop exports everything in flight; read the CPU until it exits.
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
     let mut c1 = c0;
@@ -202,6 +206,9 @@ fn inferlane_side(lab: &mut Lab, work: &WorkDir, bin: &Path, cfg: &Path, packets
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = daemon.stop(Duration::from_secs(30));
+    for line in daemon.log_text().lines().filter(|l| l.contains("WARN")) {
+        log(start, format!("{tag} daemon: {line}"));
+    }
     std::thread::sleep(Duration::from_secs(1));
     terminate(lab, nfcapd)?;
     let (seen, records) = if export { collected(&dir)? } else { (0, 0) };

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use inferlane::control::{client, Request, Response};
-use inferlane::lab::queues::{self, figures, htb_tree, QueueFigures, RrServer, SHAPE, TBF_KBIT};
+use inferlane::lab::queues::{self, figures, htb_tree, QueueFigures, RrServer, SHAPE_DOWN, SHAPE_UP, TBF_KBIT};
 use inferlane::lab::scenario::{start_iperf_server, DaemonProcess, WorkDir};
 use inferlane::lab::{addr, require_root_or_skip, Lab, LabOptions, Role};
 
@@ -69,37 +69,37 @@ fn queues_keep_interactive_fast_under_bulk_follow_the_config_and_leave_nothing()
     start_iperf_server(&mut lab).unwrap();
     let rr = RrServer::start(&lab).unwrap();
     let socket = work.path().join("control.sock");
-    let shaped = mbit(SHAPE);
+    let (up, down) = (mbit(SHAPE_UP), mbit(SHAPE_DOWN));
     let lte = mbit(queues::LTE_RATE);
 
     // --- With inferlane's queues ----------------------------------------------------
-    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &queues::config(&socket, true, SHAPE, SHAPE)).unwrap();
-    for (dev, rate) in [(addr::ROUTER_WAN1_IF, shaped), (addr::ROUTER_LAN_IF, shaped), (addr::ROUTER_WAN2_IF, lte)] {
+    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &queues::config(&socket, true, SHAPE_UP, SHAPE_DOWN)).unwrap();
+    for (dev, rate) in [(addr::ROUTER_WAN1_IF, up), (addr::ROUTER_LAN_IF, down), (addr::ROUTER_WAN2_IF, lte)] {
         let tree = htb_tree(&lab, dev).unwrap();
         assert_eq!(tree, Some(("htb".to_string(), rate, 4)), "expected our HTB on {dev} at {rate} bit/s with four leaf classes after start");
     }
     let status = daemon.status().unwrap();
     let q = status.queues.as_ref().unwrap_or_else(|| panic!("expected queues in the status, saw none"));
     assert_eq!(q.interfaces.len(), 3, "expected three trees in the status: {q:?}");
-    assert_eq!(q.download_rate.as_deref(), Some(SHAPE), "expected the download at the fiber's ingress_rate: {q:?}");
+    assert_eq!(q.download_rate.as_deref(), Some(SHAPE_DOWN), "expected the download at the fiber's ingress_rate: {q:?}");
     let with = figures(&lab, WARMUP, MEASURE).unwrap();
 
     // Reload with another egress_rate: the fiber's tree changes in place.
-    std::fs::write(work.path().join("inferlane.toml"), queues::config(&socket, true, "16mbit", SHAPE)).unwrap();
+    std::fs::write(work.path().join("inferlane.toml"), queues::config(&socket, true, "16mbit", SHAPE_DOWN)).unwrap();
     match client::request(&socket, &Request::Reload).unwrap() {
         Response::Reload(r) => assert!(r.applied, "expected the reload to apply: {}", r.message),
         other => panic!("expected a reload answer, saw {other:?}"),
     }
     let tree = htb_tree(&lab, addr::ROUTER_WAN1_IF).unwrap();
     assert_eq!(tree, Some(("htb".to_string(), 16_000_000, 4)), "expected wan0's tree at 16 mbit after the reload");
-    assert_eq!(htb_tree(&lab, addr::ROUTER_LAN_IF).unwrap().map(|t| t.1), Some(shaped), "expected lan0 unchanged by the reload");
+    assert_eq!(htb_tree(&lab, addr::ROUTER_LAN_IF).unwrap().map(|t| t.1), Some(down), "expected lan0 unchanged by the reload");
 
     // Failover: the fiber's carrier goes; the download follows the lte's ingress_rate.
     lab.run(Role::Isp1, "ip", &["link", "set", addr::ISP_DOWN_IF, "down"]).unwrap();
     let failover = rate_follows(&lab, lte, Duration::from_secs(1));
     lab.run(Role::Isp1, "ip", &["link", "set", addr::ISP_DOWN_IF, "up"]).unwrap();
     let failover = failover.unwrap_or_else(|e| panic!("after the fiber's carrier loss: {e}"));
-    let failback = rate_follows(&lab, shaped, Duration::from_secs(1)).unwrap_or_else(|e| panic!("after the fiber's return: {e}"));
+    let failback = rate_follows(&lab, down, Duration::from_secs(1)).unwrap_or_else(|e| panic!("after the fiber's return: {e}"));
     eprintln!("download rate followed the lte in {failover:?}, the fiber again in {failback:?}");
     assert!(failover <= Duration::from_secs(1), "expected the download rate to follow the lte within 1 s, took {failover:?}");
     assert!(failback <= Duration::from_secs(1), "expected the download rate back at the fiber's within 1 s, took {failback:?}");
@@ -110,7 +110,7 @@ fn queues_keep_interactive_fast_under_bulk_follow_the_config_and_leave_nothing()
     }
 
     // --- Without: observe mode builds no qdiscs -----------------------------------------
-    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &queues::config(&socket, false, SHAPE, SHAPE)).unwrap();
+    let mut daemon = DaemonProcess::start(bin(), &lab, &work, &queues::config(&socket, false, SHAPE_UP, SHAPE_DOWN)).unwrap();
     assert_eq!(htb_tree(&lab, addr::ROUTER_WAN1_IF).unwrap(), None, "expected no qdisc of ours in observe mode");
     let without = figures(&lab, WARMUP, MEASURE).unwrap();
     assert!(daemon.stop(Duration::from_secs(10)).unwrap().success());
