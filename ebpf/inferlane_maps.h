@@ -189,6 +189,16 @@ struct {
 	__type(value, struct il_demote);
 } class_demote SEC(".maps") __weak;
 
+/* The layout version of every map, written by the daemon when it creates the
+ * maps: a hash of inferlane_structs.h. A restart adopts pinned maps only when it
+ * matches (sizes alone miss a reordered struct). No program reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} abi_version SEC(".maps") __weak;
+
 /* Packets for userspace: DNS answers now, first segments of unknown flows later. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

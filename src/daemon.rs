@@ -98,7 +98,7 @@ pub struct RunOptions {
     pub netns: Option<String>,
 }
 
-pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
+pub fn run(opts: RunOptions) -> Result<crate::restart::Stopped, DaemonError> {
     let prepared = prepare(&opts.config).map_err(DaemonError::Config)?;
     if let Some(name) = &opts.netns {
         enter_netns(name)?;
@@ -145,6 +145,13 @@ struct State {
     would_block: Mutex<crate::flow::would_block::WouldBlock>,
     /// Flow records to the `[export]` collectors (None without `[export]`).
     exporter: Mutex<Option<crate::export::FlowExporter>>,
+    /// `inferlane restart` asked for a handover.
+    restart: tokio::sync::Notify,
+    /// Set before the shutdown signal when the stop is a handover: the flows
+    /// in flight are not reported as ended (the successor continues them).
+    handing_over: std::sync::atomic::AtomicBool,
+    /// Flows whose export state a handover carried to us.
+    flows_carried: AtomicU64,
     config_path: PathBuf,
     started: Instant,
 }
@@ -166,6 +173,11 @@ impl Handler for State {
             Request::Status => self.status().map(Response::Status),
             Request::Flows => self.flows().map(|flows| Response::Flows { flows }),
             Request::Reload => Ok(Response::Reload(self.reload())),
+            Request::Restart => {
+                tracing::info!("restart requested over the control socket: handing over");
+                self.restart.notify_one();
+                Ok(Response::Restarting { pid: std::process::id() })
+            }
         };
         result.unwrap_or_else(|e| Response::Error { message: e.to_string() })
     }
@@ -256,6 +268,7 @@ impl State {
             switches,
             queues,
             export: self.exporter.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|e| e.stats()).unwrap_or_default(),
+            pins: crate::bpf::MapAdoption { flows_carried: self.flows_carried.load(Ordering::Relaxed), ..dp.adoption().clone() },
         })
     }
 
@@ -358,6 +371,56 @@ impl State {
         }
     }
 }
+
+impl State {
+    /// A handover's state, on adopted maps: the tracker continues from what the
+    /// predecessor reported, so no period is exported twice.
+    fn take_over(&self, h: crate::restart::Handover) {
+        let flows = match self.datapath().flows() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "read the adopted flow table; handover state dropped");
+                return;
+            }
+        };
+        let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let carried: Vec<crate::flow::Carried> = h.flows.iter().map(crate::restart::CarriedFlow::carried).collect();
+        let total = carried.len();
+        let n = tracker.adopt(carried, &flows);
+        tracker.reported = h.reported;
+        tracker.deleted = h.deleted;
+        tracker.vanished = h.vanished;
+        tracker.pressure_evictions = h.pressure_evictions;
+        self.flows_carried.store(n as u64, Ordering::Relaxed);
+        tracing::info!(flows = n, gone = total - n, "flow export continues from the handover");
+    }
+
+    /// Adopted maps hold provider addresses a previous run learned: the book
+    /// gets them with a fresh TTL (the previous TTLs are not known), so expiry
+    /// keeps working and does not take them for strays.
+    fn seed_learned(&self) {
+        let all = match self.datapath().learned_addresses() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "read adopted learned addresses");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        for (a, info) in &all {
+            let v4 = a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+            let addr = crate::bpf::abi::addr_from_bytes(*a, if v4 { 4 } else { 6 });
+            book.learn(addr, *info, ADOPTED_TTL_S, now);
+        }
+        if !all.is_empty() {
+            tracing::info!(addresses = all.len(), "learned provider addresses adopted");
+        }
+    }
+}
+
+/// TTL given to learned addresses found in adopted maps (seconds).
+const ADOPTED_TTL_S: u32 = 300;
 
 /// A ClientHello being assembled from a pending flow's first packets.
 struct Hello {
@@ -730,8 +793,12 @@ async fn flow_lifecycle(state: Arc<State>, mut shutdown: watch::Receiver<bool>) 
             _ = pump.tick(), if waiting > 0 => waiting = state.pump_export(),
         }
     }
-    let st = state.clone();
-    let _ = tokio::task::spawn_blocking(move || st.finish_flows()).await;
+    // A handover reports nothing as ended: the successor continues the flows
+    // from what the state file says was reported.
+    if !state.handing_over.load(Ordering::SeqCst) {
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || st.finish_flows()).await;
+    }
     // Everything in flight goes out at its pace, for as long as the stop allows.
     let deadline = tokio::time::Instant::now() + EXPORT_DRAIN_LIMIT;
     loop {
@@ -1178,8 +1245,8 @@ pub fn monotonic_ns() -> u64 {
 /// Load the programs, install the rules and attach them to every LAN interface.
 /// On error the partly attached datapath is dropped, which detaches it: nothing
 /// half-applied.
-fn start_datapath(p: &Prepared) -> Result<Datapath, DaemonError> {
-    let mut datapath = Datapath::load_with(LoadOptions { flow_table_size: p.config.daemon.flow_table_size })?;
+fn start_datapath(p: &Prepared, pins: Option<crate::bpf::pins::PinDir>) -> Result<Datapath, DaemonError> {
+    let mut datapath = Datapath::load_with(LoadOptions { flow_table_size: p.config.daemon.flow_table_size, pins })?;
     // Rules before attaching: the first packet of every flow is classified.
     datapath.install_with(&p.rules.maps(), switches(&p.config))?;
     // Provider names the datapath reads in DNS answers itself (see lan_egress).
@@ -1203,19 +1270,31 @@ fn start_datapath(p: &Prepared) -> Result<Datapath, DaemonError> {
     Ok(datapath)
 }
 
-async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonError> {
+/// A failed start removes the pins it made, and keeps those it found (a
+/// predecessor's maps and links: the programs in pinned links keep forwarding
+/// with their state, and the next start tries again).
+fn undo_pins(pins: &Option<crate::bpf::pins::PinDir>, found_pins: bool) {
+    if let (Some(dir), false) = (pins, found_pins) {
+        for e in dir.remove_all() {
+            tracing::error!(error = %e, "remove pins after a failed start");
+        }
+    }
+}
+
+async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<crate::restart::Stopped, DaemonError> {
     // Signal handlers first: a SIGTERM that arrives while we attach must still
     // lead to a clean teardown, not to the default action.
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let mut sigusr2 = signal(SignalKind::user_defined2()).map_err(DaemonError::Signal)?;
 
     // The control socket first: it is also the single-instance lock, so a second
     // daemon is refused before it touches any kernel object of the first.
     let mut socket = ControlSocket::bind(&prepared.config.daemon.control_socket)?;
     // Pins need a bpffs. systemd mounts one at boot; elsewhere we do (nothing is
     // pinned yet, so a missing one is only a warning).
-    let bpffs = match crate::bpf::fs::ensure(Path::new(crate::bpf::fs::BPFFS)) {
+    let bpffs = match crate::bpf::fs::ensure(&prepared.config.daemon.bpffs) {
         Ok(fs) => {
             if fs.mounted_by_us {
                 tracing::info!(path = %fs.path.display(), "mounted the bpffs");
@@ -1223,10 +1302,27 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
             Some(fs)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "no bpffs: nothing can be pinned");
+            tracing::warn!(error = %e, "no bpffs: maps are not pinned, a restart starts with empty maps");
             None
         }
     };
+    // Our pins, per instance (the socket is the instance lock, held now).
+    let pins = bpffs.as_ref().map(|fs| crate::bpf::pins::PinDir::new(&fs.path, &prepared.config.daemon.control_socket));
+    let found_pins = pins.as_ref().is_some_and(|d| !d.pinned_maps().is_empty() || !d.pinned_links().is_empty());
+    // What a handover passed on (read and deleted; see restart).
+    let state_file = crate::restart::state_path(&prepared.config.daemon.control_socket);
+    let handover = match crate::restart::Handover::take(&state_file) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "handover state ignored: flows in flight may be exported twice");
+            None
+        }
+    };
+    if let Some(h) = &handover {
+        tracing::info!(pid = h.pid, flows = h.flows.len(), "taking over from a handover");
+    } else if found_pins {
+        tracing::info!(dir = %pins.as_ref().map(|d| d.root.display().to_string()).unwrap_or_default(), "pins of a previous run found (no handover: it was killed or crashed)");
+    }
     // The metrics port too, before any kernel object: a taken port is a start error.
     let metrics_listener = match &prepared.config.metrics {
         Some(m) => match crate::control::metrics::bind(m.listen).await {
@@ -1257,9 +1353,10 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         }
         None => None,
     };
-    let datapath = match start_datapath(&prepared) {
+    let datapath = match start_datapath(&prepared, pins.clone()) {
         Ok(dp) => dp,
         Err(e) => {
+            undo_pins(&pins, found_pins);
             if let Err(re) = socket.remove() {
                 tracing::error!(error = %re, "remove control socket");
             }
@@ -1270,6 +1367,15 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         }
     };
     let mut datapath = datapath;
+    {
+        let a = datapath.adoption();
+        if a.adopted {
+            tracing::info!(dir = ?a.dir, links = a.links_adopted, "adopted the pinned maps: flows and counters continue");
+        } else if let Some(reason) = &a.discarded {
+            tracing::warn!(dir = ?a.dir, %reason, "pinned maps discarded; started with empty maps");
+        }
+    }
+    let adopted = datapath.adoption().adopted;
     let punts = datapath.take_punts();
     let summary = prepared.rules.summary;
     tracing::info!(
@@ -1305,13 +1411,28 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         would_block: Mutex::new(Default::default()),
         kernel_only: Mutex::new(Default::default()),
         exporter: Mutex::new(exporter),
+        restart: tokio::sync::Notify::new(),
+        handing_over: std::sync::atomic::AtomicBool::new(false),
+        flows_carried: AtomicU64::new(0),
     });
+    let mut rp_filter = Vec::new();
+    if let Some(h) = handover {
+        rp_filter = h.rp_filter.clone();
+        if adopted {
+            state.take_over(h);
+        } else {
+            tracing::warn!(flows = h.flows.len(), "handover state dropped with the maps: those flows' last periods are not exported");
+        }
+    }
+    if adopted {
+        state.seed_learned();
+    }
     // Routing and steering before readiness: the first flow already goes to the
     // right uplink. Observe mode changes nothing in the packet path.
     {
         let config = state.live().config.clone();
         if mode == Mode::Enforce && !config.uplinks.is_empty() {
-            match crate::uplink::Uplinks::start(&config, &state.datapath).await {
+            match crate::uplink::Uplinks::start_adopting(&config, &state.datapath, std::mem::take(&mut rp_filter)).await {
                 Ok(u) => {
                     for s in u.status(&state.datapath(), &[]) {
                         tracing::info!(uplink = %s.name, up = s.up, table = s.table, gateway4 = ?s.gateway4, gateway6 = ?s.gateway6, "uplink routing installed");
@@ -1321,6 +1442,7 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
                 Err(e) => {
                     tracing::error!(error = %e, "uplink routing");
                     let mut errors: Vec<String> = state.datapath().detach_all().into_iter().map(|e| e.to_string()).collect();
+                    undo_pins(&pins, found_pins);
                     if let Err(re) = socket.remove() {
                         errors.push(re.to_string());
                     }
@@ -1345,6 +1467,7 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
                 Err(e) => {
                     tracing::error!(error = %e, "queues");
                     let mut errors: Vec<String> = state.datapath().detach_all().into_iter().map(|e| e.to_string()).collect();
+                    undo_pins(&pins, found_pins);
                     if let Some(u) = uplinks {
                         errors.extend(u.stop().await.into_iter().map(|e| format!("uplink routing: {e}")));
                     }
@@ -1409,10 +1532,12 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(mode = mode_name(mode), socket = %socket_path.display(), "ready");
 
-    loop {
+    let stopped = loop {
         tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break crate::restart::Stopped::Clean; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break crate::restart::Stopped::Clean; }
+            _ = sigusr2.recv() => { tracing::info!("SIGUSR2: handing over"); break crate::restart::Stopped::Handover; }
+            _ = state.restart.notified() => break crate::restart::Stopped::Handover,
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
@@ -1422,8 +1547,10 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             }
         }
-    }
+    };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let handing_over = stopped == crate::restart::Stopped::Handover;
+    state.handing_over.store(handing_over, Ordering::SeqCst);
 
     // Teardown in reverse order, past failures, reporting all of them: stop
     // answering, detach the datapath, then give up the socket (our instance lock).
@@ -1453,33 +1580,72 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
     // Routing is removed after the programs are detached: until then they mark
     // packets for the uplink tables.
     let uplinks = state.uplinks.lock().unwrap_or_else(|p| p.into_inner()).take();
-    // Queues before the programs: without our HTB root the priorities the
-    // programs still set are ignored (the kernel default qdisc reads only the
-    // low bits, band "best effort"), whereas programs gone under a live tree
-    // would drop every flow, interactive ones too, into the default class.
     let queues = state.queues.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(Err(es)) = queues.map(crate::qos::Qos::remove) {
-        errors.extend(es.into_iter().map(|e| format!("queues: {e}")));
-    }
-    // Detach under the lock rather than waiting to own the state: a control
-    // connection task that has just answered may still hold a reference for a
-    // moment. The programs and maps go with the last reference (or the process).
-    errors.extend(state.datapath().detach_all().into_iter().map(|e| e.to_string()));
-    drop(state);
-    if let Some(u) = uplinks {
-        errors.extend(u.stop().await.into_iter().map(|e| format!("uplink routing: {e}")));
+    if handing_over {
+        // Handover: the links are pinned (the programs keep running on the
+        // pinned maps), queues, routing and rp_filter stay; the successor
+        // replaces them in place.
+        drop(queues);
+        errors.extend(state.datapath().pin_links().into_iter().map(|e| format!("handover: {e}")));
+        let rp_filter = uplinks.map(crate::uplink::Uplinks::keep).unwrap_or_default();
+        let tracker = state.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let h = crate::restart::Handover {
+            version: crate::restart::HANDOVER_VERSION,
+            pid: std::process::id(),
+            written_ns: monotonic_ns(),
+            boot_id: crate::restart::boot_id(),
+            flows: tracker.carry().iter().map(crate::restart::CarriedFlow::of).collect(),
+            reported: tracker.reported,
+            deleted: tracker.deleted,
+            vanished: tracker.vanished,
+            pressure_evictions: tracker.pressure_evictions,
+            rp_filter,
+        };
+        drop(tracker);
+        match h.write(&state_file) {
+            Ok(()) => tracing::info!(path = %state_file.display(), flows = h.flows.len(), "handover state written"),
+            Err(e) => errors.push(format!("handover: {e}")),
+        }
+        drop(state);
+    } else {
+        // Queues before the programs: without our HTB root the priorities the
+        // programs still set are ignored (the kernel default qdisc reads only the
+        // low bits, band "best effort"), whereas programs gone under a live tree
+        // would drop every flow, interactive ones too, into the default class.
+        if let Some(Err(es)) = queues.map(crate::qos::Qos::remove) {
+            errors.extend(es.into_iter().map(|e| format!("queues: {e}")));
+        }
+        // Detach under the lock rather than waiting to own the state: a control
+        // connection task that has just answered may still hold a reference for a
+        // moment. The programs and maps go with the last reference (or the process).
+        errors.extend(state.datapath().detach_all().into_iter().map(|e| e.to_string()));
+        drop(state);
+        if let Some(u) = uplinks {
+            errors.extend(u.stop().await.into_iter().map(|e| format!("uplink routing: {e}")));
+        }
+        // The pins go too (maps and any link pin), and the instance directory.
+        if let Some(dir) = &pins {
+            errors.extend(dir.remove_all().into_iter().map(|e| format!("pins: {e}")));
+        }
     }
     if let Some(mut socket) = socket {
         if let Err(e) = socket.remove() {
             errors.push(e.to_string());
         }
     }
-    if let Some(Err(e)) = bpffs.map(|fs| fs.release()) {
-        errors.push(e.to_string());
+    // A handover keeps the bpffs mounted: the pins live in it.
+    if !handing_over {
+        if let Some(Err(e)) = bpffs.map(|fs| fs.release()) {
+            errors.push(e.to_string());
+        }
     }
     if errors.is_empty() {
-        tracing::info!("stopped cleanly");
-        Ok(())
+        if handing_over {
+            tracing::info!("handed over: exiting with status {}", crate::restart::EXIT_HANDOVER);
+        } else {
+            tracing::info!("stopped cleanly");
+        }
+        Ok(stopped)
     } else {
         Err(DaemonError::Teardown(errors))
     }

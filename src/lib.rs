@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod export;
 pub mod flow;
 pub mod qos;
+pub mod restart;
 pub mod uplink;

@@ -64,6 +64,13 @@ enum Command {
         #[command(flatten)]
         target: SocketArgs,
     },
+    /// Hand the running daemon over to a successor: programs stay attached
+    /// (pinned links), routing and queues stay, flow and export state carry over;
+    /// the daemon exits with status 75 and systemd starts the new one.
+    Restart {
+        #[command(flatten)]
+        target: SocketArgs,
+    },
     /// Build a namespace lab, run the daemon in it, drive traffic, report, tear down.
     Lab {
         /// Seconds of traffic per test.
@@ -113,7 +120,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, netns } => match inferlane::daemon::run(inferlane::daemon::RunOptions { config, netns }) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(inferlane::restart::Stopped::Clean) => ExitCode::SUCCESS,
+            Ok(inferlane::restart::Stopped::Handover) => ExitCode::from(inferlane::restart::EXIT_HANDOVER),
             Err(inferlane::daemon::DaemonError::Config(e)) => {
                 eprintln!("{e}");
                 ExitCode::from(2)
@@ -195,6 +203,19 @@ fn main() -> ExitCode {
                 Ok(Response::Reload(r)) => {
                     eprintln!("inferlane: reload refused, generation {} stays in force:\n{}", r.generation, r.message);
                     ExitCode::FAILURE
+                }
+                other => unexpected(other),
+            }
+        }
+        Command::Restart { target } => {
+            let path = match target.resolve() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match control::client::request(&path, &Request::Restart) {
+                Ok(Response::Restarting { pid }) => {
+                    println!("daemon {pid} is handing over (exit 75); its successor adopts the datapath");
+                    ExitCode::SUCCESS
                 }
                 other => unexpected(other),
             }

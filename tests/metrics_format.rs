@@ -99,6 +99,7 @@ fn status() -> Status {
         switches: vec![Switch { at_ms: 1, uplink: "lte".into(), up: false, reason: "carrier lost".into(), flows_ended: 0 }],
         queues: None,
         export: Vec::new(),
+        pins: Default::default(),
     }
 }
 

@@ -7,9 +7,11 @@ mod batch;
 mod clsact;
 pub mod fs;
 pub mod maps;
+pub mod pins;
 mod steer;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use aya::maps::{PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::tc::{NlOptions, TcAttachOptions};
@@ -29,6 +31,9 @@ pub const PROG_WAN_EGRESS: &str = "wan_egress";
 const MAP_IF_COUNTERS: &str = "if_counters";
 const MAP_IF_COUNTERS_ARRAY: &str = "if_counters_array";
 const MAP_FLOWS: &str = "flows";
+
+/// bpf_map_update_elem flag: only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// Default flow table size (entries), as DESIGN.md and the config document.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
@@ -55,19 +60,48 @@ pub enum BpfError {
     Clsact { op: &'static str, iface: String, reason: String },
     #[error("rules: {0}")]
     Rules(String),
+    #[error("pins under {dir}: {reason}")]
+    Pins { dir: String, reason: String },
 }
 
 /// What the loader needs from the config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub flow_table_size: u32,
+    /// Pin every map under this instance directory, adopting compatible pins
+    /// found there (see [`pins`]). None: unpinned maps (tests, benchmarks).
+    pub pins: Option<pins::PinDir>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { flow_table_size: DEFAULT_FLOW_TABLE_SIZE }
+        LoadOptions { flow_table_size: DEFAULT_FLOW_TABLE_SIZE, pins: None }
     }
 }
+
+/// What became of pinned maps found at load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MapAdoption {
+    /// Where the maps are pinned (None: not pinned).
+    pub dir: Option<String>,
+    /// The maps were pinned by a previous run and adopted with their content.
+    pub adopted: bool,
+    /// Pins were found but could not be used (and were removed), and why.
+    pub discarded: Option<String>,
+    /// Links a handover left pinned that now run our programs.
+    pub links_adopted: u32,
+    /// Flows whose export state a handover carried over (nothing reported twice).
+    #[serde(default)]
+    pub flows_carried: u64,
+}
+
+/// Pinned links, one per interface and hook, named in `links/`.
+/// The XDP link's pin names its mode, which an adopted link keeps.
+const LINK_XDP_DRIVER: &str = "xdp_drv";
+const LINK_XDP_SKB: &str = "xdp_skb";
+const LINK_TC_INGRESS: &str = "tc_ingress";
+const LINK_TC_EGRESS: &str = "tc_egress";
+const LINK_WAN_EGRESS: &str = "wan_egress";
 
 /// How the XDP program ended up attached: native (driver) where the NIC supports
 /// it, generic (skb) otherwise. Reported in status so operators see the slow path.
@@ -162,6 +196,8 @@ pub struct Datapath {
     uplinks: Vec<UplinkAttached>,
     tc_mode: TcAttachMode,
     flow_table_size: u32,
+    pins: Option<pins::PinDir>,
+    adoption: MapAdoption,
 }
 
 impl Datapath {
@@ -174,10 +210,46 @@ impl Datapath {
     /// no rules are installed and the mode is observe until [`Datapath::configure`].
     pub fn load_with(opts: LoadOptions) -> Result<Self, BpfError> {
         raise_memlock_rlimit();
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_FLOWS, opts.flow_table_size)
-            .load(OBJECT)
-            .map_err(BpfError::Load)?;
+        let mut adoption = MapAdoption::default();
+        let specs = match &opts.pins {
+            Some(dir) => {
+                let pin_err = |reason: String| BpfError::Pins { dir: dir.root.display().to_string(), reason };
+                let specs = pins::object_maps(OBJECT, MAP_FLOWS, opts.flow_table_size).map_err(pin_err)?;
+                match pins::check(dir, &specs) {
+                    pins::Found::Nothing => {}
+                    pins::Found::Compatible => adoption.adopted = true,
+                    pins::Found::Stale(reason) => {
+                        tracing::warn!(dir = %dir.root.display(), %reason, "pinned maps do not fit this datapath: removed, starting with empty maps");
+                        let errors = dir.remove_maps();
+                        if !errors.is_empty() {
+                            return Err(pin_err(errors.join("; ")));
+                        }
+                        adoption.discarded = Some(reason);
+                    }
+                }
+                dir.create_maps_dir().map_err(|e| pin_err(format!("create {}: {e}", dir.maps().display())))?;
+                adoption.dir = Some(dir.maps().display().to_string());
+                specs
+            }
+            None => Vec::new(),
+        };
+        let pin_paths: Vec<(String, PathBuf)> = match &opts.pins {
+            Some(dir) => specs.iter().map(|s| (s.name.clone(), dir.map(&s.name))).collect(),
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_FLOWS, opts.flow_table_size);
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name.as_str(), path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(BpfError::Load)?;
+        if opts.pins.is_some() && !adoption.adopted {
+            // Fresh maps: stamp them with our layout version.
+            let map = ebpf.map_mut(pins::MAP_ABI_VERSION).ok_or(BpfError::Missing { kind: "map", name: pins::MAP_ABI_VERSION })?;
+            let mut abi: aya::maps::Array<_, u64> = aya::maps::Array::try_from(map)
+                .map_err(|source| BpfError::Map { map: pins::MAP_ABI_VERSION, source })?;
+            abi.set(0, pins::abi_hash(), 0).map_err(|source| BpfError::Map { map: pins::MAP_ABI_VERSION, source })?;
+        }
         program_mut::<Xdp>(&mut ebpf, PROG_LAN_INGRESS)?
             .load()
             .map_err(|source| BpfError::LoadProgram { program: PROG_LAN_INGRESS, source })?;
@@ -192,6 +264,8 @@ impl Datapath {
             uplinks: Vec::new(),
             tc_mode: TcAttachMode::for_this_kernel(),
             flow_table_size: opts.flow_table_size,
+            pins: opts.pins,
+            adoption,
         };
         // Slot 0 catches packets from interfaces nobody registered (see inferlane_count.h).
         dp.register_counters(0)?;
@@ -202,6 +276,69 @@ impl Datapath {
         self.flow_table_size
     }
 
+    /// Whether the maps were adopted from pins, or pins were discarded.
+    pub fn adoption(&self) -> &MapAdoption {
+        &self.adoption
+    }
+
+    /// A link a handover pinned for `iface`/`kind`, if there is one. The pin
+    /// stays until [`Datapath::adopted_link`] has our program in the link.
+    fn pinned_link(&self, iface: &str, kind: &str) -> Option<(PathBuf, aya::programs::links::FdLink)> {
+        let path = self.pins.as_ref()?.link(iface, kind);
+        if !path.exists() {
+            return None;
+        }
+        match aya::programs::links::PinnedLink::from_pin(&path) {
+            Ok(p) => Some((path, p.into())),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "pinned link unreadable; removed, attaching anew");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// After our program went into a pinned link (or failed to): the pin goes.
+    /// On failure the old program is detached with it and we attach anew.
+    fn unpin_link(&mut self, path: &Path, ok: bool) {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "remove link pin");
+        }
+        if ok {
+            self.adoption.links_adopted += 1;
+        }
+    }
+
+    /// TC attach, or our program swapped into the link a handover pinned.
+    fn attach_or_adopt_tc(
+        &mut self,
+        iface: &str,
+        program: &'static str,
+        attach_type: TcAttachType,
+        kind: &str,
+    ) -> Result<aya::programs::tc::SchedClassifierLinkId, BpfError> {
+        if self.tc_mode == TcAttachMode::Tcx {
+            if let Some((path, fd)) = self.pinned_link(iface, kind) {
+                let result = aya::programs::tc::SchedClassifierLink::try_from(fd)
+                    .map_err(|e| e.to_string())
+                    .and_then(|link| {
+                        program_mut::<SchedClassifier>(&mut self.ebpf, program)
+                            .map_err(|e| e.to_string())?
+                            .attach_to_link(link)
+                            .map_err(|e| e.to_string())
+                    });
+                self.unpin_link(&path, result.is_ok());
+                match result {
+                    Ok(id) => {
+                        tracing::info!(iface, program, "adopted the pinned TCX link (program replaced in place)");
+                        return Ok(id);
+                    }
+                    Err(e) => tracing::warn!(iface, program, error = %e, "pinned TCX link not adoptable; attaching anew"),
+                }
+            }
+        }
+        self.attach_tc(iface, program, attach_type)
+    }
     /// Attach lan_ingress (XDP), lan_ingress_tc (TC ingress) and lan_egress (TC
     /// egress) to `iface`. On failure nothing of this interface stays attached.
     pub fn attach(&mut self, iface: &str) -> Result<&Attachment, BpfError> {
@@ -226,14 +363,14 @@ impl Datapath {
                 }
             }
         };
-        let tc_ingress_link = match self.attach_tc(iface, PROG_LAN_INGRESS_TC, TcAttachType::Ingress) {
+        let tc_ingress_link = match self.attach_or_adopt_tc(iface, PROG_LAN_INGRESS_TC, TcAttachType::Ingress, LINK_TC_INGRESS) {
             Ok(l) => l,
             Err(e) => {
                 undo_clsact();
                 return Err(e);
             }
         };
-        let tc_egress_link = match self.attach_tc(iface, PROG_LAN_EGRESS, TcAttachType::Egress) {
+        let tc_egress_link = match self.attach_or_adopt_tc(iface, PROG_LAN_EGRESS, TcAttachType::Egress, LINK_TC_EGRESS) {
             Ok(l) => l,
             Err(e) => {
                 self.detach_tc(PROG_LAN_INGRESS_TC, tc_ingress_link, iface);
@@ -273,7 +410,7 @@ impl Datapath {
             TcAttachMode::Tcx => false,
             TcAttachMode::Netlink => clsact::add(iface)?,
         };
-        let link = match self.attach_tc(iface, PROG_WAN_EGRESS, TcAttachType::Egress) {
+        let link = match self.attach_or_adopt_tc(iface, PROG_WAN_EGRESS, TcAttachType::Egress, LINK_WAN_EGRESS) {
             Ok(l) => l,
             Err(e) => {
                 if clsact_created {
@@ -298,6 +435,26 @@ impl Datapath {
     }
 
     fn attach_xdp(&mut self, iface: &str) -> Result<(aya::programs::xdp::XdpLinkId, XdpAttachMode), BpfError> {
+        let pinned = [(LINK_XDP_DRIVER, XdpAttachMode::Driver), (LINK_XDP_SKB, XdpAttachMode::Skb)]
+            .into_iter()
+            .find_map(|(kind, mode)| self.pinned_link(iface, kind).map(|(path, fd)| (path, fd, mode)));
+        if let Some((path, fd, mode)) = pinned {
+            let result = aya::programs::xdp::XdpLink::try_from(fd).map_err(|e| e.to_string()).and_then(|link| {
+                program_mut::<Xdp>(&mut self.ebpf, PROG_LAN_INGRESS)
+                    .map_err(|e| e.to_string())?
+                    .attach_to_link(link)
+                    .map_err(|e| e.to_string())
+            });
+            self.unpin_link(&path, result.is_ok());
+            match result {
+                Ok(id) => {
+                    tracing::info!(iface, "adopted the pinned XDP link (program replaced in place)");
+                    // The link keeps the mode it was made with.
+                    return Ok((id, mode));
+                }
+                Err(e) => tracing::warn!(iface, error = %e, "pinned XDP link not adoptable; attaching anew"),
+            }
+        }
         let xdp: &mut Xdp = program_mut(&mut self.ebpf, PROG_LAN_INGRESS)?;
         match xdp.attach(iface, XdpMode::Driver) {
             Ok(link) => Ok((link, XdpAttachMode::Driver)),
@@ -457,6 +614,69 @@ impl Datapath {
         errors
     }
 
+    /// Handover: pin every XDP and TCX link under the instance's `links/`, so
+    /// the programs stay attached (and keep using the pinned maps) after this
+    /// process exits, until the successor swaps its programs in. Netlink
+    /// attachments (old kernels) cannot be pinned: they are detached as at a
+    /// clean stop (fail open). Returns the failures.
+    pub fn pin_links(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let Some(dir) = self.pins.clone() else {
+            errors.push("maps are not pinned: nothing to hand over".into());
+            errors.extend(self.detach_all().into_iter().map(|e| e.to_string()));
+            return errors;
+        };
+        if let Err(e) = dir.create_links_dir() {
+            errors.push(format!("create {}: {e}", dir.links().display()));
+            errors.extend(self.detach_all().into_iter().map(|e| e.to_string()));
+            return errors;
+        }
+        let pin = |fd: Result<aya::programs::links::FdLink, aya::programs::links::LinkError>, path: PathBuf| -> Result<(), String> {
+            let fd = fd.map_err(|e| format!("{}: not a pinnable link ({e})", path.display()))?;
+            fd.pin(&path).map(drop).map_err(|e| format!("pin {}: {e}", path.display()))
+        };
+        while let Some(u) = self.uplinks.pop() {
+            let result = program_mut::<SchedClassifier>(&mut self.ebpf, PROG_WAN_EGRESS)
+                .map_err(|e| e.to_string())
+                .and_then(|tc| tc.take_link(u.link).map_err(|e| e.to_string()))
+                .and_then(|link| pin(aya::programs::links::FdLink::try_from(link), dir.link(&u.info.iface, LINK_WAN_EGRESS)));
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+        while let Some(a) = self.attached.pop() {
+            let iface = a.info.iface.clone();
+            for (program, link, kind) in [
+                (PROG_LAN_INGRESS_TC, a.tc_ingress_link, LINK_TC_INGRESS),
+                (PROG_LAN_EGRESS, a.tc_egress_link, LINK_TC_EGRESS),
+            ] {
+                let result = program_mut::<SchedClassifier>(&mut self.ebpf, program)
+                    .map_err(|e| e.to_string())
+                    .and_then(|tc| tc.take_link(link).map_err(|e| e.to_string()))
+                    .and_then(|link| pin(aya::programs::links::FdLink::try_from(link), dir.link(&iface, kind)));
+                if let Err(e) = result {
+                    errors.push(e);
+                }
+            }
+            let result = program_mut::<Xdp>(&mut self.ebpf, PROG_LAN_INGRESS)
+                .map_err(|e| e.to_string())
+                .and_then(|xdp| xdp.take_link(a.xdp_link).map_err(|e| e.to_string()))
+                .and_then(|link| {
+                    let kind = if a.info.xdp == XdpAttachMode::Skb { LINK_XDP_SKB } else { LINK_XDP_DRIVER };
+                    pin(aya::programs::links::FdLink::try_from(link), dir.link(&iface, kind))
+                });
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    /// The instance's pin directory, if the maps are pinned.
+    pub fn pin_dir(&self) -> Option<&pins::PinDir> {
+        self.pins.as_ref()
+    }
+
     fn counters_map(&self) -> Result<PerCpuHashMap<&aya::maps::MapData, IfKey, Counters>, BpfError> {
         let map = self.ebpf.map(MAP_IF_COUNTERS).ok_or(BpfError::Missing { kind: "map", name: MAP_IF_COUNTERS })?;
         PerCpuHashMap::try_from(map).map_err(|source| BpfError::Map { map: MAP_IF_COUNTERS, source })
@@ -476,8 +696,12 @@ impl Datapath {
         for direction in [DIR_UPLOAD, DIR_DOWNLOAD] {
             let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
                 .map_err(|e| BpfError::Map { map: MAP_IF_COUNTERS, source: aya::maps::MapError::IoError(e) })?;
-            map.insert(IfKey { ifindex, direction }, zero, 0)
-                .map_err(|source| BpfError::Map { map: MAP_IF_COUNTERS, source })?;
+            // BPF_NOEXIST: counters adopted from pins keep counting.
+            match map.insert(IfKey { ifindex, direction }, zero, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(source) => return Err(BpfError::Map { map: MAP_IF_COUNTERS, source }),
+            }
         }
         Ok(())
     }

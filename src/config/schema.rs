@@ -66,6 +66,10 @@ pub struct Daemon {
     /// Where self-hosted inference servers listen: plaintext HTTP requests (and
     /// the HTTP/2 preface) to these ports are read to name the server kind.
     pub inference_ports: Vec<PortSpec>,
+    /// Mount point of the BPF file system. The maps are pinned under
+    /// `BPFFS/inferlane/INSTANCE/` so that a restart adopts them (flows and
+    /// counters survive); a clean stop removes them.
+    pub bpffs: PathBuf,
 }
 
 /// Ollama (11434), vLLM/TGI/llama.cpp and most OpenAI-compatible servers (8000,
@@ -87,6 +91,7 @@ impl Default for Daemon {
             flow_table_size: 262_144,
             block_ai_quic: false,
             inference_ports: default_inference_ports(),
+            bpffs: PathBuf::from("/sys/fs/bpf"),
         }
     }
 }

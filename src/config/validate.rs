@@ -94,6 +94,10 @@ impl Checker {
                 format!("control_socket {socket:?} must be an absolute path"),
             );
         }
+        let bpffs = &config.daemon.bpffs;
+        if !bpffs.is_absolute() {
+            self.error(key_path!["daemon", "bpffs"], format!("bpffs {bpffs:?} must be an absolute path"));
+        }
         let size = config.daemon.flow_table_size;
         if !(super::schema::FLOW_TABLE_MIN..=super::schema::FLOW_TABLE_MAX).contains(&size) {
             self.error(

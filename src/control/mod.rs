@@ -20,6 +20,9 @@ pub enum Request {
     Status,
     Flows,
     Reload,
+    /// Hand over to a successor (see `restart`): pin the links, keep routing and
+    /// queues, write the state file, exit 75.
+    Restart,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +31,8 @@ pub enum Response {
     Status(Status),
     Flows { flows: Vec<flows::FlowInfo> },
     Reload(ReloadResult),
+    /// The daemon is handing over and exits with status 75.
+    Restarting { pid: u32 },
     Error { message: String },
 }
 
@@ -100,6 +105,9 @@ pub struct Status {
     /// Flow export, one entry per collector (empty without `[export]`).
     #[serde(default)]
     pub export: Vec<crate::export::CollectorStats>,
+    /// Pinned maps and what this start found of a previous run's.
+    #[serde(default)]
+    pub pins: crate::bpf::MapAdoption,
 }
 
 /// DNS learning: answers to clients read from the datapath, addresses of

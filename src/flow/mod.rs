@@ -124,6 +124,15 @@ struct Seen {
     last: Flow,
 }
 
+/// What a handover carries per flow: the counters already reported and the
+/// start of the period not yet reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    pub key: FlowKey,
+    pub base: Delta,
+    pub start_ns: u64,
+}
+
 /// Remembers, per live flow, what was reported already.
 #[derive(Default)]
 pub struct FlowTracker {
@@ -247,6 +256,27 @@ impl FlowTracker {
         out
     }
 
+    /// Handover: what was reported of each live flow, for the successor.
+    pub fn carry(&self) -> Vec<Carried> {
+        self.seen.iter().map(|(key, s)| Carried { key: *key, base: s.base, start_ns: s.start_ns }).collect()
+    }
+
+    /// Successor: take over what the predecessor reported, for the flows still in
+    /// the (adopted) table `flows`, so that no period is reported twice. Flows
+    /// no longer there are dropped (their last period is lost: the kernel
+    /// evicted them while no daemon ran). Returns how many were taken over.
+    pub fn adopt(&mut self, carried: Vec<Carried>, flows: &[(FlowKey, Flow)]) -> usize {
+        let table: HashMap<FlowKey, Flow> = flows.iter().copied().collect();
+        let mut n = 0;
+        for c in carried {
+            if let Some(f) = table.get(&c.key) {
+                self.seen.insert(c.key, Seen { base: c.base, start_ns: c.start_ns, last: *f });
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// At stop: everything not yet reported, as forced ends.
     pub fn finish(&mut self, flows: &[(FlowKey, Flow)]) -> Vec<Report> {
         let mut out = Vec::new();
@@ -352,6 +382,28 @@ mod tests {
         assert_eq!(scan.reports.len(), 15);
         assert!(scan.reports.iter().all(|r| r.reason == EndReason::LackOfResources));
         assert_eq!(tr.pressure_evictions, 15);
+    }
+
+    #[test]
+    fn a_handover_carries_what_was_reported_so_nothing_is_reported_twice() {
+        let mut old = FlowTracker::new(t());
+        let k = key(7, 17);
+        let gone = key(8, 17);
+        // 70 s of traffic: one active period (60 s) reported by the old daemon.
+        let mut reported = 0;
+        for sec in 1..=70u64 {
+            let scan = old.scan(sec * S, &[(k, flow(0, sec * S, sec * 10, 0)), (gone, flow(0, S, 1, 0))], 1024);
+            reported += scan.reports.iter().filter(|r| r.key == k).map(|r| r.delta.up_packets).sum::<u64>();
+        }
+        assert_eq!(reported, 600);
+        let carried = old.carry();
+        // The successor finds the flow grown meanwhile; `gone` was evicted.
+        let mut new = FlowTracker::new(t());
+        assert_eq!(new.adopt(carried, &[(k, flow(0, 75 * S, 750, 0))]), 1);
+        let rest = new.finish(&[(k, flow(0, 75 * S, 750, 0))]);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(reported + rest[0].delta.up_packets, 750, "every packet reported exactly once across the handover");
+        assert_eq!(rest[0].start_ns, 60 * S, "the unreported period starts where the old daemon stopped");
     }
 
     #[test]

@@ -155,9 +155,22 @@ impl DaemonProcess {
         config_text: &str,
         env: &[(&str, &str)],
     ) -> Result<Self, ScenarioError> {
+        Self::start_logged(bin, lab, work, config_text, env, "daemon.log")
+    }
+
+    /// As [`DaemonProcess::start_with_env`], logging to `log_name` in the work
+    /// directory (a restart test runs two daemons one after the other).
+    pub fn start_logged(
+        bin: &Path,
+        lab: &Lab,
+        work: &WorkDir,
+        config_text: &str,
+        env: &[(&str, &str)],
+        log_name: &str,
+    ) -> Result<Self, ScenarioError> {
         let config = work.path().join("inferlane.toml");
         let socket = work.path().join("control.sock");
-        let log = work.path().join("daemon.log");
+        let log = work.path().join(log_name);
         let io = |what: &str| {
             let what = what.to_string();
             move |source| ScenarioError::Io { what, source }
@@ -216,6 +229,35 @@ impl DaemonProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for the daemon to exit by itself (a handover), up to `timeout`;
+    /// SIGKILL if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, ScenarioError> {
+        let Some(mut child) = self.child.take() else {
+            return Err(ScenarioError::Traffic { what: "wait for the daemon".into(), detail: "not running".into() });
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(ScenarioError::StopTimeout(timeout));
+                }
+            }
+        }
+    }
+
+    /// SIGKILL (a crash) and reap it.
+    pub fn kill(&mut self) -> Result<ExitStatus, ScenarioError> {
+        let Some(mut child) = self.child.take() else {
+            return Err(ScenarioError::Traffic { what: "kill the daemon".into(), detail: "not running".into() });
+        };
+        let _ = child.kill();
+        child.wait().map_err(|source| ScenarioError::Io { what: "reap the daemon".into(), source })
     }
 
     /// SIGTERM and wait for the exit status.
@@ -408,6 +450,30 @@ pub fn leftovers(lab: &Lab, socket: &Path, prog_ids: &[u32]) -> Vec<String> {
     }
     if socket.exists() {
         left.push(format!("control socket {} left behind", socket.display()));
+    }
+    let state = crate::restart::state_path(socket);
+    if state.exists() {
+        left.push(format!("handover state file {} left behind", state.display()));
+    }
+    // Pins of this instance, under the bpffs the lab daemons use (the default).
+    let pins = crate::bpf::pins::PinDir::new(Path::new(crate::bpf::fs::BPFFS), socket);
+    if pins.root.exists() {
+        left.push(format!("pins left under {}: maps {:?}, links {:?}", pins.root.display(), pins.pinned_maps(), pins.pinned_links()));
+    }
+    // Routing (proto 173) and queues (1a1:) in the router namespace.
+    for family in ["-4", "-6"] {
+        match lab.run(Role::Router, "ip", &[family, "rule", "show"]) {
+            Ok(out) => left.extend(out.lines().filter(|l| l.contains("proto 173")).map(|l| format!("rule left: {l}"))),
+            Err(e) => left.push(format!("could not list rules: {e}")),
+        }
+        match lab.run(Role::Router, "ip", &[family, "route", "show", "table", "all", "proto", "173"]) {
+            Ok(out) => left.extend(out.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("route left: {l}"))),
+            Err(e) => left.push(format!("could not list routes: {e}")),
+        }
+    }
+    match lab.run(Role::Router, "tc", &["qdisc", "show"]) {
+        Ok(out) => left.extend(out.lines().filter(|l| l.contains(" 1a1: ")).map(|l| format!("qdisc left: {l}"))),
+        Err(e) => left.push(format!("could not list qdiscs: {e}")),
     }
     left
 }

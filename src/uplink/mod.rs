@@ -134,9 +134,19 @@ impl Uplinks {
     /// (an uplink whose interface is down or absent starts unusable). Observe
     /// mode installs nothing: it changes nothing in the packet path.
     pub async fn start(config: &Config, dp: &std::sync::Mutex<Datapath>) -> Result<Uplinks, UplinkError> {
+        Self::start_adopting(config, dp, Vec::new()).await
+    }
+
+    /// [`Uplinks::start`] after a handover: the predecessor's rp_filter changes
+    /// (to restore at a clean stop). Routing is replaced in place either way.
+    pub async fn start_adopting(
+        config: &Config,
+        dp: &std::sync::Mutex<Datapath>,
+        rp_filter: Vec<(String, String)>,
+    ) -> Result<Uplinks, UplinkError> {
         let ifaces: Vec<String> = config.uplinks.iter().map(|u| u.interface.clone()).collect();
         let carriers = watch::carriers(&ifaces).await.map_err(RouteError::Connect)?;
-        let routing = Routing::install(config).await?;
+        let routing = Routing::install_adopting(config, rp_filter).await?;
         let now = SystemTime::now();
         let states = carriers
             .into_iter()
@@ -363,6 +373,12 @@ impl Uplinks {
     /// Remove routing; continues past errors.
     pub async fn stop(self) -> Vec<RouteError> {
         self.routing.remove().await
+    }
+
+    /// Handover: routing stays for the successor; returns the rp_filter values
+    /// it must restore at its clean stop.
+    pub fn keep(self) -> Vec<(String, String)> {
+        self.routing.keep()
     }
 }
 

@@ -15,7 +15,10 @@
 //!
 //! Every route and rule carries our protocol number ([`RTPROT_INFERLANE`]); only
 //! objects with it, in our tables and priority range, are ever changed or removed.
-//! Start first removes leftovers of ours (a crash), so it is idempotent.
+//! Start replaces and keeps: routes are added with NLM_F_REPLACE, a rule already
+//! there stays, and only then are objects of ours that this config does not want
+//! removed (leftovers of a crash, or of another config). A successor after a
+//! handover, or a start after SIGKILL, thus never has an instant without routing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -102,6 +105,12 @@ impl Routing {
     /// strict on an uplink: replies to flows steered to a backup arrive on an
     /// interface the main table would not route their source to.
     pub async fn install(config: &Config) -> Result<Routing, RouteError> {
+        Self::install_adopting(config, Vec::new()).await
+    }
+
+    /// [`Routing::install`] after a handover: `rp_filter` holds the values the
+    /// predecessor changed (and would have restored), which we restore at stop.
+    pub async fn install_adopting(config: &Config, rp_filter: Vec<(String, String)>) -> Result<Routing, RouteError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Connect)?;
         let conn = tokio::spawn(conn);
         let mut routing = Routing {
@@ -111,7 +120,7 @@ impl Routing {
             table_base: config.routing.table_base,
             rule_priority: config.routing.rule_priority,
             configured: Vec::new(),
-            rp_filter: Vec::new(),
+            rp_filter,
         };
         match routing.install_inner(config).await {
             Ok(()) => Ok(routing),
@@ -126,7 +135,6 @@ impl Routing {
     }
 
     async fn install_inner(&mut self, config: &Config) -> Result<(), RouteError> {
-        self.remove_ours().await?;
         for (index, uplink) in config.uplinks.iter().enumerate().take(MAX_UPLINKS) {
             let ifindex = nix::net::if_::if_nametoindex(uplink.interface.as_str()).map_err(|_| {
                 RouteError::NoInterface { uplink: uplink.name.clone(), iface: uplink.interface.clone() }
@@ -162,6 +170,132 @@ impl Routing {
                 );
             }
             self.uplinks.push(u);
+        }
+        self.remove_unwanted().await
+    }
+
+    /// Handover: leave routes, rules and rp_filter in place for the successor;
+    /// returns the rp_filter values to restore at a clean stop.
+    pub fn keep(mut self) -> Vec<(String, String)> {
+        self.conn.abort();
+        std::mem::take(&mut self.rp_filter)
+    }
+
+    /// Delete rules and routes of ours that the installed uplinks do not want.
+    async fn remove_unwanted(&self) -> Result<(), RouteError> {
+        let last_prio = self.rule_priority + RULES_PER_UPLINK * MAX_UPLINKS as u32;
+        // (family is v6, priority, table, mark, suppress)
+        let mut wanted_rules = Vec::new();
+        for u in &self.uplinks {
+            for v6 in [false, true] {
+                wanted_rules.push((v6, u.rule_priority, RT_TABLE_MAIN, u.mark, true));
+                wanted_rules.push((v6, u.rule_priority + 1, u.table, u.mark, false));
+            }
+        }
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let rules: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version.clone())
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| RouteError::Netlink { op: "list rules".into(), source })?;
+            for rule in rules {
+                let ours = rule.attributes.iter().any(|a| {
+                    matches!(a, RuleAttribute::Protocol(RouteProtocol::Other(p)) if *p == RTPROT_INFERLANE)
+                });
+                let mut prio = None;
+                let mut table = u32::from(rule.header.table);
+                let mut mark = 0;
+                let mut suppress = false;
+                for a in &rule.attributes {
+                    match a {
+                        RuleAttribute::Priority(p) => prio = Some(*p),
+                        RuleAttribute::Table(t) => table = *t,
+                        RuleAttribute::FwMark(m) => mark = *m,
+                        RuleAttribute::SuppressPrefixLen(0) => suppress = true,
+                        _ => {}
+                    }
+                }
+                if !ours || !prio.is_some_and(|p| (self.rule_priority..last_prio).contains(&p)) {
+                    continue;
+                }
+                let v6 = rule.header.family == AddressFamily::Inet6;
+                if wanted_rules.contains(&(v6, prio.unwrap_or(0), table, mark, suppress)) {
+                    continue;
+                }
+                match self.handle.rule().del(rule).execute().await {
+                    Ok(()) => {}
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => {}
+                    Err(source) => {
+                        return Err(RouteError::Netlink { op: format!("delete rule pref {prio:?}"), source })
+                    }
+                }
+            }
+        }
+        for i in 0..MAX_UPLINKS as u32 {
+            let table = self.table_base + i;
+            match self.uplinks.iter().find(|u| u.table == table) {
+                None => self.delete_routes_in(table).await?,
+                Some(u) => self.delete_unwanted_routes(u).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes of ours in `u`'s table other than its defaults and unreachables
+    /// (a gateway that changed while no daemon ran).
+    async fn delete_unwanted_routes(&self, u: &UplinkRoutes) -> Result<(), RouteError> {
+        for v6 in [false, true] {
+            let filter = if v6 {
+                RouteMessageBuilder::<Ipv6Addr>::new().table_id(u.table).build()
+            } else {
+                RouteMessageBuilder::<Ipv4Addr>::new().table_id(u.table).build()
+            };
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(filter)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|source| RouteError::Netlink { op: format!("list routes of table {}", u.table), source })?;
+            for route in routes {
+                if route_table(&route) != u.table || route.header.protocol != RouteProtocol::Other(RTPROT_INFERLANE) {
+                    continue;
+                }
+                let gateway = route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                    _ => None,
+                });
+                let oif = route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                let default = route.header.destination_prefix_length == 0;
+                let wanted = default
+                    && match route.header.kind {
+                        RouteType::Unreachable => true,
+                        RouteType::Unicast => match gateway {
+                            Some(IpAddr::V4(g)) => u.gateway4 == Some(g) && oif == Some(u.ifindex),
+                            Some(IpAddr::V6(g)) => u.gateway6 == Some(g) && oif == Some(u.ifindex),
+                            None => u.direct && oif == Some(u.ifindex),
+                        },
+                        _ => false,
+                    };
+                if wanted {
+                    continue;
+                }
+                match self.handle.route().del(route).execute().await {
+                    Ok(()) => {}
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH || e.raw_code() == -libc::ENOENT => {}
+                    Err(source) => {
+                        return Err(RouteError::Netlink { op: format!("delete route in table {}", u.table), source })
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -291,7 +425,12 @@ impl Routing {
         // The kernel applies max(all, interface): strict (1) only when one says 1
         // and none says 2; writing 2 on the interface makes it loose either way.
         let effective = all.trim().parse::<u8>().unwrap_or(0).max(own.trim().parse::<u8>().unwrap_or(0));
-        if effective == 1 {
+        if self.rp_filter.iter().any(|(p, _)| *p == path) {
+            // Loosened by the daemon we took over from; its value is restored at stop.
+            if effective == 1 {
+                write_sysctl(&path, "2")?;
+            }
+        } else if effective == 1 {
             write_sysctl(&path, "2")?;
             tracing::info!(iface, "reverse-path filter set to loose (was strict); restored at stop");
             self.rp_filter.push((path, own.trim().to_string()));
