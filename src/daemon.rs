@@ -1639,12 +1639,18 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<crate::restar
             errors.push(e.to_string());
         }
     }
-    if errors.is_empty() {
-        if handing_over {
-            tracing::info!("handed over: exiting with status {}", crate::restart::EXIT_HANDOVER);
-        } else {
-            tracing::info!("stopped cleanly");
+    if handing_over {
+        // Whatever could not be handed over (a netlink TC filter on an old
+        // kernel cannot be pinned; a state file that could not be written) costs
+        // the successor classification for a moment or exact export, not the
+        // restart itself: still exit 75 so that it starts.
+        for e in &errors {
+            tracing::error!(error = %e, "handover incomplete");
         }
+        tracing::info!("handed over: exiting with status {}", crate::restart::EXIT_HANDOVER);
+        Ok(stopped)
+    } else if errors.is_empty() {
+        tracing::info!("stopped cleanly");
         Ok(stopped)
     } else {
         Err(DaemonError::Teardown(errors))
