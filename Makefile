@@ -68,12 +68,17 @@ test-unit:
 check-root:
 	@[ "$$(id -u)" = 0 ] || { echo "error: run as root (apt-get, network namespaces, eBPF)"; exit 1; }
 
-## check-clean: fail if tests left namespaces (il*), inferlane pins, programs, routing rules,
-## qdiscs or the package behind
+## check-clean: fail if tests left namespaces (il*), inferlane pins (on any bpffs mount),
+## handover state files, programs, routing rules, qdiscs or the package behind
 check-clean:
 	@left=""; \
 	ns=$$(ip netns list 2>/dev/null | awk '$$1 ~ /^il[0-9]+[a-z]+-/ {print $$1}'); [ -z "$$ns" ] || left="$$left namespaces: $$ns;"; \
 	[ ! -e /sys/fs/bpf/inferlane ] || left="$$left pins under /sys/fs/bpf/inferlane;"; \
+	for m in $$(awk '$$3 == "bpf" {print $$2}' /proc/mounts | sort -u); do \
+		[ "$$m" = /sys/fs/bpf ] || [ ! -e "$$m/inferlane" ] || left="$$left pins under $$m/inferlane;"; \
+	done; \
+	hf=$$(ls -1 /run/inferlane/*.handover /tmp/inferlane-*/*.handover 2>/dev/null | tr '\n' ' '); \
+	[ -z "$$hf" ] || left="$$left handover state files: $$hf;"; \
 	! dpkg-query -W -f='$${db:Status-Abbrev}' inferlane 2>/dev/null | grep -q '^[a-z]' || left="$$left the inferlane package (dpkg -P inferlane);"; \
 	progs=$$(bpftool prog show 2>/dev/null | grep -cE ' name (lan_ingress|lan_ingress_tc|lan_egress|wan_egress) ' || true); \
 	[ "$$progs" = 0 ] || left="$$left $$progs inferlane programs still loaded;"; \

@@ -113,6 +113,20 @@ fn unit_agrees_with_the_binary_and_the_config() {
     assert_eq!(unit_values(&unit, "Restart"), ["on-failure"]);
     // exit 2 is a config error: restarting would not fix it.
     assert_eq!(unit_values(&unit, "RestartPreventExitStatus"), ["2"]);
+    // A handover exits 75: success, and the successor starts at once; the state
+    // file in the runtime directory must survive until it does.
+    let handover = inferlane::restart::EXIT_HANDOVER.to_string();
+    assert_eq!(unit_values(&unit, "SuccessExitStatus"), [handover.clone()]);
+    assert_eq!(unit_values(&unit, "RestartForceExitStatus"), [handover]);
+    assert_eq!(unit_values(&unit, "RuntimeDirectoryPreserve"), ["restart"]);
+    assert_eq!(unit_values(&unit, "RestartSec"), ["500ms"]);
+    // Pins live on the bpffs the config names (default), which the unit may write.
+    let bpffs = inferlane::config::Daemon::default().bpffs;
+    assert!(
+        unit_values(&unit, "ReadWritePaths").iter().flat_map(|v| v.split_whitespace()).any(|p| p.trim_start_matches('-') == bpffs.to_string_lossy()),
+        "ReadWritePaths must include {}",
+        bpffs.display()
+    );
     // systemd creates the socket's directory: the default socket must be in it.
     let socket = inferlane::config::Daemon::default().control_socket;
     let runtime = unit_values(&unit, "RuntimeDirectory");
