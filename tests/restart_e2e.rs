@@ -277,6 +277,17 @@ fn terminate(lab: &mut Lab, pid: u32) {
     let _ = lab.wait(pid, Duration::from_secs(10));
 }
 
+/// Removes the instance's pins on drop, so that a test failing between a
+/// SIGKILL or a handover and the next clean stop leaves none behind (the lab's
+/// namespaces, and with them any link still attached, go with the lab guard).
+struct PinGuard(PinDir);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = self.0.remove_all();
+    }
+}
+
 fn status_of(d: &DaemonProcess) -> Status {
     d.status().unwrap_or_else(|e| panic!("expected the daemon to answer status: {e}\nlog:\n{}", d.log_text()))
 }
@@ -292,6 +303,7 @@ fn handover_under_traffic_loses_nothing_and_exports_each_packet_once() {
     let socket = work.path().join("control.sock");
     let cfg = config(&socket, 4096, true);
     let pins = PinDir::new(Path::new(inferlane::bpf::fs::BPFFS), &socket);
+    let _pin_guard = PinGuard(pins.clone());
     let mut a = DaemonProcess::start_logged(bin(), &lab, &work, &cfg, &[], "daemon-a.log").unwrap();
     let a_ids = scenario::prog_ids(&status_of(&a));
 
@@ -413,6 +425,7 @@ fn sigkill_under_traffic_fails_open_and_the_next_start_adopts() {
     let socket = work.path().join("control.sock");
     let cfg = config(&socket, 4096, false);
     let pins = PinDir::new(Path::new(inferlane::bpf::fs::BPFFS), &socket);
+    let _pin_guard = PinGuard(pins.clone());
     let mut a = DaemonProcess::start_logged(bin(), &lab, &work, &cfg, &[], "daemon-a.log").unwrap();
     let a_ids = scenario::prog_ids(&status_of(&a));
 
@@ -483,6 +496,7 @@ fn pins_of_another_flow_table_size_are_discarded_with_the_reason() {
     let work = WorkDir::new("restart-stale").unwrap();
     let lab = Lab::build(&LabOptions::default()).unwrap();
     let socket = work.path().join("control.sock");
+    let _pin_guard = PinGuard(PinDir::new(Path::new(inferlane::bpf::fs::BPFFS), &socket));
     let mut a = DaemonProcess::start_logged(bin(), &lab, &work, &config(&socket, 4096, false), &[], "daemon-a.log").unwrap();
     lab.ping(Role::Lan, addr::SERVER_V4.into(), Duration::from_secs(2)).unwrap();
     let a_ids = scenario::prog_ids(&status_of(&a));
