@@ -5,9 +5,10 @@
 # decode the flow export in tests/export_decode.rs; systemd: systemd-analyze (unit
 # checks); dpkg-dev: dpkg-shlibdeps (the package's Depends); init-system-helpers:
 # deb-systemd-helper (the package's maintainer scripts); prometheus: promtool and
-# python3-prometheus-client: the metrics format checks.
+# python3-prometheus-client: the metrics format checks; dbus-daemon: a private bus for the
+# D-Bus client's test (src/systemd.rs).
 APT_PACKAGES := clang llvm libbpf-dev bpftool linux-libc-dev iproute2 nftables iperf3 tcpdump openssl curl \
-	nfdump tshark systemd dpkg-dev init-system-helpers prometheus python3-prometheus-client
+	nfdump tshark systemd dpkg-dev init-system-helpers prometheus python3-prometheus-client dbus-daemon
 
 # cargo-deb builds the Debian package; pinned to a version that builds with Rust 1.95.
 CARGO_DEB_VERSION := 3.8.0

@@ -1534,7 +1534,20 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<crate::restar
 
     let stopped = loop {
         tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break crate::restart::Stopped::Clean; }
+            _ = sigterm.recv() => {
+                // `systemctl restart` sends the same SIGTERM as `systemctl stop`:
+                // systemd's job for the unit tells them apart (see systemd.rs).
+                match tokio::task::spawn_blocking(crate::systemd::restart_pending).await {
+                    Ok(Ok(true)) => {
+                        tracing::info!("SIGTERM for a systemctl restart: handing over");
+                        break crate::restart::Stopped::Handover;
+                    }
+                    Ok(Ok(false)) => tracing::info!("SIGTERM: stopping"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "SIGTERM: could not ask systemd whether it restarts the unit; stopping cleanly"),
+                    Err(e) => tracing::warn!(error = %e, "SIGTERM: systemd query failed; stopping cleanly"),
+                }
+                break crate::restart::Stopped::Clean;
+            }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break crate::restart::Stopped::Clean; }
             _ = sigusr2.recv() => { tracing::info!("SIGUSR2: handing over"); break crate::restart::Stopped::Handover; }
             _ = state.restart.notified() => break crate::restart::Stopped::Handover,

@@ -11,4 +11,5 @@ pub mod export;
 pub mod flow;
 pub mod qos;
 pub mod restart;
+pub mod systemd;
 pub mod uplink;
