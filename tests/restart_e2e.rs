@@ -522,3 +522,57 @@ fn pins_of_another_flow_table_size_are_discarded_with_the_reason() {
     let left = scenario::leftovers(&lab, &socket, &ids);
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn a_handover_to_another_flow_table_size_keeps_the_programs_attached_and_starts_empty() {
+    if !require_root_or_skip("a_handover_to_another_flow_table_size_keeps_the_programs_attached_and_starts_empty") {
+        return;
+    }
+    let work = WorkDir::new("restart-resize").unwrap();
+    let lab = Lab::build(&LabOptions::default()).unwrap();
+    let socket = work.path().join("control.sock");
+    let pins = PinDir::new(Path::new(inferlane::bpf::fs::BPFFS), &socket);
+    let _pin_guard = PinGuard(pins.clone());
+    let mut a = DaemonProcess::start_logged(bin(), &lab, &work, &config(&socket, 4096, false), &[], "daemon-a.log").unwrap();
+    let a_ids = scenario::prog_ids(&status_of(&a));
+    let stop = AtomicBool::new(false);
+    let rx_ready = AtomicBool::new(false);
+    let port = std::sync::atomic::AtomicU16::new(0);
+    let mut b: Option<DaemonProcess> = None;
+    let (received, sent) = std::thread::scope(|s| {
+        let rx = s.spawn(|| udp_receiver(&lab, &rx_ready, &stop));
+        wait_for("the receiver to listen", Duration::from_secs(5), || rx_ready.load(Ordering::SeqCst));
+        let tx = s.spawn(|| udp_sender(&lab, &stop, &port));
+        std::thread::sleep(Duration::from_millis(1000));
+        let out = Command::new(bin()).args(["restart", "--socket"]).arg(&socket).output().unwrap();
+        assert!(out.status.success(), "inferlane restart: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(a.wait_exit(Duration::from_secs(15)).unwrap().code(), Some(75), "log:\n{}", a.log_text());
+        let succ = DaemonProcess::start_logged(bin(), &lab, &work, &config(&socket, 8192, false), &[], "daemon-b.log").unwrap();
+        let st = status_of(&succ);
+        assert!(!st.pins.adopted, "maps of another size must not be adopted: {:?}", st.pins);
+        assert!(st.pins.discarded.as_deref().is_some_and(|r| r.contains("max_entries 4096")), "{:?}", st.pins);
+        assert_eq!(st.pins.links_adopted, 5, "the links are adopted all the same: {:?}", st.pins);
+        assert!(succ.log_text().contains("handover state dropped with the maps"), "log:\n{}", succ.log_text());
+        std::thread::sleep(Duration::from_millis(500));
+        // The flow starts over in the new table, classified again.
+        let f = udp_flow(&socket, port.load(Ordering::SeqCst));
+        assert_eq!(f.class.as_deref(), Some("interactive"), "{f:?}");
+        b = Some(succ);
+        stop.store(true, Ordering::SeqCst);
+        let sent = tx.join().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        (rx.join().unwrap(), sent)
+    });
+    let (gap, _) = received.max_gap();
+    let lost = sent - received.unique();
+    let unmarked = received.unmarked();
+    eprintln!("restart_e2e resize: {sent} datagrams sent, {lost} lost, {unmarked} unmarked, largest gap {gap:?}");
+    assert_eq!((lost, unmarked), (0, 0), "expected every datagram forwarded and marked across the handover");
+    assert!(gap < MAX_GAP, "largest inter-arrival gap {gap:?}, expected below {MAX_GAP:?}");
+    let mut b = b.expect("started");
+    let mut ids = a_ids;
+    ids.extend(scenario::prog_ids(&status_of(&b)));
+    assert!(b.stop(Duration::from_secs(15)).unwrap().success(), "log:\n{}", b.log_text());
+    let left = scenario::leftovers(&lab, &socket, &ids);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -162,6 +162,24 @@ impl Status {
         let mut out = String::new();
         let _ = writeln!(out, "inferlane {} (pid {}), mode {}, up {}", self.version, self.pid, self.mode, human_ms(self.uptime_ms));
         let _ = writeln!(out, "config {}", self.config);
+        match &self.pins.dir {
+            Some(dir) => {
+                let how = if self.pins.adopted {
+                    format!(
+                        "adopted from the previous run ({} links, export state of {} flows carried over)",
+                        self.pins.links_adopted, self.pins.flows_carried
+                    )
+                } else if let Some(reason) = &self.pins.discarded {
+                    format!("fresh; the previous run's were discarded: {reason}")
+                } else {
+                    "fresh".to_string()
+                };
+                let _ = writeln!(out, "maps pinned at {dir}: {how}");
+            }
+            None => {
+                let _ = writeln!(out, "maps not pinned (no bpffs): a restart starts empty");
+            }
+        }
         let _ = writeln!(
             out,
             "{:<12} {:>8} {:<6} {:<8} {:>12} {:>14} {:>12} {:>14} {:>9}",
