@@ -52,8 +52,7 @@ fn unit_of_cgroup(cgroup: &str) -> Option<String> {
         .lines()
         .filter_map(|l| l.splitn(3, ':').nth(2))
         .flat_map(|p| p.split('/'))
-        .filter(|c| c.ends_with(".service"))
-        .next_back()
+        .rfind(|c| c.ends_with(".service"))
         .map(str::to_string)
 }
 

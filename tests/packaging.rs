@@ -116,7 +116,7 @@ fn unit_agrees_with_the_binary_and_the_config() {
     // A handover exits 75: success, and the successor starts at once; the state
     // file in the runtime directory must survive until it does.
     let handover = inferlane::restart::EXIT_HANDOVER.to_string();
-    assert_eq!(unit_values(&unit, "SuccessExitStatus"), [handover.clone()]);
+    assert_eq!(unit_values(&unit, "SuccessExitStatus"), std::slice::from_ref(&handover));
     assert_eq!(unit_values(&unit, "RestartForceExitStatus"), [handover]);
     assert_eq!(unit_values(&unit, "RuntimeDirectoryPreserve"), ["restart"]);
     assert_eq!(unit_values(&unit, "RestartSec"), ["500ms"]);
