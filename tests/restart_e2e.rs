@@ -272,6 +272,19 @@ fn collected(dir: &Path, sa: &str, da: &str, sp: u16, dp: u16) -> (u64, u64, usi
     sum
 }
 
+/// Bytes sent through the HTB root `1a1:` on `iface` in the router namespace.
+fn htb_sent(lab: &Lab, iface: &str) -> u64 {
+    let out = lab.run(Role::Router, "tc", &["-s", "-j", "qdisc", "show", "dev", iface]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .find(|q| q["handle"] == "1a1:" && q["kind"] == "htb")
+        .unwrap_or_else(|| panic!("expected the HTB root 1a1: on {iface}, saw {out}"))["bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("bytes of 1a1: on {iface} in {out}"))
+}
+
 fn terminate(lab: &mut Lab, pid: u32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
     let _ = lab.wait(pid, Duration::from_secs(10));
@@ -301,7 +314,12 @@ fn handover_under_traffic_loses_nothing_and_exports_each_packet_once() {
     let mut lab = Lab::build(&LabOptions::default()).unwrap();
     let (nfcapd, ipfix_dir) = collector(&mut lab, &work);
     let socket = work.path().join("control.sock");
-    let cfg = config(&socket, 4096, true);
+    // Shaped, so that the queues' handover is exercised too (HTB 1a1: on both
+    // uplinks and on the LAN interface).
+    let cfg = config(&socket, 4096, true)
+        .replace("priority = 10\n", "priority = 10\negress_rate = \"200mbit\"\ningress_rate = \"200mbit\"\n")
+        .replace("priority = 20\n", "priority = 20\negress_rate = \"50mbit\"\ningress_rate = \"50mbit\"\n");
+    assert!(cfg.contains("egress_rate = \"200mbit\""), "{cfg}");
     let pins = PinDir::new(Path::new(inferlane::bpf::fs::BPFFS), &socket);
     let _pin_guard = PinGuard(pins.clone());
     let mut a = DaemonProcess::start_logged(bin(), &lab, &work, &cfg, &[], "daemon-a.log").unwrap();
@@ -323,6 +341,7 @@ fn handover_under_traffic_loses_nothing_and_exports_each_packet_once() {
         let client_port = port.load(Ordering::SeqCst);
         let before = udp_flow(&socket, client_port);
         let status_a = status_of(&a);
+        let htb_before = htb_sent(&lab, addr::ROUTER_WAN1_IF);
 
         let t_restart = Instant::now();
         let out = Command::new(bin()).args(["restart", "--socket"]).arg(&socket).output().unwrap();
@@ -353,6 +372,9 @@ fn handover_under_traffic_loses_nothing_and_exports_each_packet_once() {
         );
         let (ia, ib) = (&status_a.interfaces[0], &status_b.interfaces[0]);
         assert!(ib.upload.packets > ia.upload.packets, "interface upload counter reset: {} before, {} after", ia.upload.packets, ib.upload.packets);
+        // The queues were kept and adopted, not rebuilt: their counters go on.
+        let htb_after = htb_sent(&lab, addr::ROUTER_WAN1_IF);
+        assert!(htb_after > htb_before, "the uplink's HTB root was rebuilt (sent {htb_before} bytes before, {htb_after} after)");
         let after = udp_flow(&socket, client_port);
         assert!(
             after.up_packets >= before.up_packets + 300,
