@@ -272,6 +272,21 @@ fn collected(dir: &Path, sa: &str, da: &str, sp: u16, dp: u16) -> (u64, u64, usi
     sum
 }
 
+/// Our rules and routes (proto 173) in the router namespace, sorted.
+fn routing_of(lab: &Lab) -> (Vec<String>, Vec<String>) {
+    let mut rules = Vec::new();
+    let mut routes = Vec::new();
+    for family in ["-4", "-6"] {
+        let out = lab.run(Role::Router, "ip", &[family, "rule", "show"]).unwrap();
+        rules.extend(out.lines().filter(|l| l.contains("proto 173")).map(|l| format!("{family} {}", l.trim())));
+        let out = lab.run(Role::Router, "ip", &[family, "route", "show", "table", "all", "proto", "173"]).unwrap();
+        routes.extend(out.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("{family} {}", l.trim())));
+    }
+    rules.sort();
+    routes.sort();
+    (rules, routes)
+}
+
 /// Bytes sent through the HTB root `1a1:` on `iface` in the router namespace.
 fn htb_sent(lab: &Lab, iface: &str) -> u64 {
     let out = lab.run(Role::Router, "tc", &["-s", "-j", "qdisc", "show", "dev", iface]).unwrap();
@@ -469,12 +484,22 @@ fn sigkill_under_traffic_fails_open_and_the_next_start_adopts() {
         wait_for("the killed daemon's programs to be unloaded", Duration::from_secs(3), || !a_ids.iter().any(|id| prog_loaded(&lab, *id)));
         assert!(!pins.pinned_maps().is_empty(), "the maps stay pinned after SIGKILL");
         assert!(pins.pinned_links().is_empty(), "SIGKILL pins no links: {:?}", pins.pinned_links());
+        // The routing stays (forwarding goes on through it). Plant leftovers of
+        // another config: an uplink 5's rule and table, which the next start
+        // must remove while it keeps (replaces) its own.
+        let (rules_before, routes_before) = routing_of(&lab);
+        assert_eq!(rules_before.len(), 8, "2 uplinks x 2 rules x 2 families expected, saw {rules_before:#?}");
+        lab.run(Role::Router, "ip", &["rule", "add", "pref", "20008", "fwmark", "0x5000000/0xf000000", "lookup", "20004", "proto", "173"]).unwrap();
+        lab.run(Role::Router, "ip", &["route", "add", "unreachable", "default", "table", "20004", "proto", "173"]).unwrap();
         std::thread::sleep(Duration::from_millis(700));
 
         let succ = DaemonProcess::start_logged(bin(), &lab, &work, &cfg, &[], "daemon-b.log").unwrap();
         let status_b = status_of(&succ);
         assert!(status_b.pins.adopted, "the next start must adopt the maps: {:?}\nlog:\n{}", status_b.pins, succ.log_text());
         assert_eq!(status_b.pins.links_adopted, 0);
+        let (rules_after, routes_after) = routing_of(&lab);
+        assert_eq!(rules_after, rules_before, "the next start must keep its rules and remove the planted one");
+        assert_eq!(routes_after, routes_before, "the next start must keep its routes and remove the planted table");
         assert!(status_b.flow_table.stats.created >= status_a.flow_table.stats.created, "flows created went back");
         assert!(status_b.interfaces[0].upload.packets > status_a.interfaces[0].upload.packets, "interface counters reset");
         std::thread::sleep(Duration::from_millis(500));
