@@ -1309,9 +1309,10 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<crate::restar
     // Our pins, per instance (the socket is the instance lock, held now).
     let pins = bpffs.as_ref().map(|fs| crate::bpf::pins::PinDir::new(&fs.path, &prepared.config.daemon.control_socket));
     let found_pins = pins.as_ref().is_some_and(|d| !d.pinned_maps().is_empty() || !d.pinned_links().is_empty());
-    // What a handover passed on (read and deleted; see restart).
+    // What a handover passed on (see restart); deleted once we are ready, so
+    // that a failed start leaves it to the next attempt.
     let state_file = crate::restart::state_path(&prepared.config.daemon.control_socket);
-    let handover = match crate::restart::Handover::take(&state_file) {
+    let handover = match crate::restart::Handover::read(&state_file) {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(error = %e, "handover state ignored: flows in flight may be exported twice");
@@ -1522,6 +1523,12 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<crate::restar
         tracing::info!(listen = ?listener.local_addr().ok(), "serving metrics");
         tokio::spawn(crate::control::metrics::serve_listener(listener, snapshot, shutdown_rx.clone()))
     });
+    // Started (datapath, routing, queues): what a handover passed on has been
+    // taken over. Before the socket answers, so that whoever sees us ready sees
+    // the file gone.
+    if let Err(e) = crate::restart::Handover::remove(&state_file) {
+        tracing::warn!(error = %e, "remove the handover state file");
+    }
     let handler: Arc<dyn Handler> = state.clone();
     let control = tokio::spawn(async move {
         socket.serve(handler, shutdown_rx).await;

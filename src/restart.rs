@@ -150,15 +150,40 @@ impl Handover {
     /// Read and delete the state file. `Ok(None)` when there is none. A file
     /// from another boot, or of another version, is deleted and ignored.
     pub fn take(path: &Path) -> Result<Option<Handover>, HandoverError> {
+        let h = Self::read(path);
+        if !matches!(h, Ok(None)) {
+            Self::remove(path)?;
+        }
+        h
+    }
+
+    /// Read the state file, leaving it in place (the daemon deletes it once
+    /// its start succeeded: a failed start leaves it for the next attempt). A
+    /// file that cannot be used is deleted.
+    pub fn read(path: &Path) -> Result<Option<Handover>, HandoverError> {
+        let result = Self::parse(path);
+        if result.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+
+    /// Delete the state file (absent is fine).
+    pub fn remove(path: &Path) -> Result<(), HandoverError> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(HandoverError::Io { path: path.display().to_string(), op: "remove", source }),
+        }
+    }
+
+    fn parse(path: &Path) -> Result<Option<Handover>, HandoverError> {
         let p = path.display().to_string();
         let text = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(HandoverError::Io { path: p, op: "read", source }),
         };
-        if let Err(source) = std::fs::remove_file(path) {
-            return Err(HandoverError::Io { path: p, op: "remove", source });
-        }
         let h: Handover =
             serde_json::from_slice(&text).map_err(|e| HandoverError::Invalid { path: p.clone(), reason: e.to_string() })?;
         if h.version != HANDOVER_VERSION {
@@ -209,6 +234,11 @@ mod tests {
         assert_eq!(back.flows[0].carried(), v4);
         assert!(!path.exists(), "the state file must be deleted once read");
         assert!(Handover::take(&path).unwrap().is_none());
+        // read() leaves a good file for a later attempt.
+        h.write(&path).unwrap();
+        assert_eq!(Handover::read(&path).unwrap().as_ref(), Some(&h));
+        assert!(path.exists());
+        Handover::remove(&path).unwrap();
         // Another boot's file is refused (and gone).
         Handover { boot_id: "other".into(), ..h }.write(&path).unwrap();
         assert!(Handover::take(&path).is_err());
