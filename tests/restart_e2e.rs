@@ -563,9 +563,26 @@ fn pins_of_another_flow_table_size_are_discarded_with_the_reason() {
     let st = status_of(&b);
     assert!(st.interfaces[0].upload.packets >= 1, "{:?}", st.interfaces[0]);
     let b_ids = scenario::prog_ids(&st);
-    assert!(b.stop(Duration::from_secs(15)).unwrap().success(), "log:\n{}", b.log_text());
+
+    // Same sizes, but the layout version differs (as after a change to a
+    // struct that kept its size): discarded too.
+    b.kill().unwrap();
+    let abi = pins.map(inferlane::bpf::pins::MAP_ABI_VERSION).display().to_string();
+    // On the host: `ip netns exec` would remount /sys and hide the bpffs.
+    let out = Command::new("bpftool")
+        .args(["map", "update", "pinned", &abi, "key", "0", "0", "0", "0", "value", "1", "0", "0", "0", "0", "0", "0", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "expected bpftool to rewrite {abi}: {}", String::from_utf8_lossy(&out.stderr));
+    let mut c = DaemonProcess::start_logged(bin(), &lab, &work, &config(&socket, 8192, false), &[], "daemon-c.log").unwrap();
+    let st = status_of(&c);
+    assert!(!st.pins.adopted, "maps of another layout version must not be adopted: {:?}", st.pins);
+    assert!(st.pins.discarded.as_deref().is_some_and(|r| r.contains("abi_version 0x0000000000000001")), "{:?}", st.pins);
+    let c_ids = scenario::prog_ids(&st);
+    assert!(c.stop(Duration::from_secs(15)).unwrap().success(), "log:\n{}", c.log_text());
     let mut ids = a_ids;
     ids.extend(b_ids);
+    ids.extend(c_ids);
     let left = scenario::leftovers(&lab, &socket, &ids);
     assert!(left.is_empty(), "left behind: {left:?}");
 }
