@@ -12,6 +12,8 @@
 //!
 //! Outside systemd (`INVOCATION_ID` unset) nothing is asked: SIGTERM is a clean
 //! stop. Any failure to get an answer is a clean stop too, as before.
+//! `INFERLANE_SYSTEMD_BUS` (a socket path) and `INFERLANE_SYSTEMD_UNIT` point
+//! the query elsewhere: the end-to-end tests use them with [`fake`].
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -43,6 +45,10 @@ impl SystemdError {
 /// cgroup (`0::/system.slice/inferlane.service`).
 pub fn own_unit() -> Option<String> {
     std::env::var_os("INVOCATION_ID")?;
+    // Tests name the unit (their cgroup is not a service's).
+    if let Ok(unit) = std::env::var("INFERLANE_SYSTEMD_UNIT") {
+        return Some(unit);
+    }
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     unit_of_cgroup(&cgroup)
 }
@@ -469,26 +475,32 @@ impl<'a> Reader<'a> {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// A fake systemd for tests (here and the daemon's end-to-end tests, through
+/// `INFERLANE_SYSTEMD_BUS`): one connection on a private socket.
+pub mod fake {
     use super::*;
     use std::os::unix::net::UnixListener;
 
-    #[test]
-    fn unit_names_and_labels() {
-        assert_eq!(unit_of_cgroup("0::/system.slice/inferlane.service\n").as_deref(), Some("inferlane.service"));
-        assert_eq!(unit_of_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"), None);
-        assert_eq!(bus_label("inferlane.service"), "inferlane_2eservice");
-        assert_eq!(bus_label("2x-y"), "_32x_2dy");
-        assert!(is_restart(Some("restart")) && is_restart(Some("try-restart")));
-        assert!(!is_restart(Some("stop")) && !is_restart(None));
-    }
-
     /// A fake systemd on a private socket: authenticates, then answers the
-    /// Properties.Get calls for the unit's Job and the job's JobType.
-    fn fake_systemd(listener: UnixListener, job: Option<(u32, &'static str)>) -> std::thread::JoinHandle<Vec<(String, String, Vec<u8>)>> {
+    /// Properties.Get calls for the unit's Job and the job's JobType. Returns
+    /// (path, signature, body) of each call once the client hangs up.
+    pub fn fake_systemd(listener: UnixListener, job: Option<(u32, &'static str)>) -> std::thread::JoinHandle<Vec<(String, String, Vec<u8>)>> {
         std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
+            // Nobody calling within 10 s: nothing seen (the caller's assertion
+            // says so, rather than a test hanging).
+            listener.set_nonblocking(true).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let mut s = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => return Vec::new(),
+                }
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let mut auth = Vec::new();
             let mut b = [0u8; 1];
             while !auth.ends_with(b"\r\n") {
@@ -527,6 +539,23 @@ mod tests {
                 s.write_all(&message(MSG_RETURN, serial, &[], Some(p.serial), sig, &w.buf)).unwrap();
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use super::fake::fake_systemd;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn unit_names_and_labels() {
+        assert_eq!(unit_of_cgroup("0::/system.slice/inferlane.service\n").as_deref(), Some("inferlane.service"));
+        assert_eq!(unit_of_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"), None);
+        assert_eq!(bus_label("inferlane.service"), "inferlane_2eservice");
+        assert_eq!(bus_label("2x-y"), "_32x_2dy");
+        assert!(is_restart(Some("restart")) && is_restart(Some("try-restart")));
+        assert!(!is_restart(Some("stop")) && !is_restart(None));
     }
 
     #[test]

@@ -640,3 +640,56 @@ fn a_handover_to_another_flow_table_size_keeps_the_programs_attached_and_starts_
     let left = scenario::leftovers(&lab, &socket, &ids);
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `systemctl restart` sends SIGTERM, like `systemctl stop`: the daemon asks
+/// systemd for its unit's job. Here a fake systemd answers (no systemd boots on
+/// the test machines): a stop job gives a clean stop, a restart job a handover
+/// that the next start adopts.
+#[test]
+fn sigterm_hands_over_only_when_systemds_job_is_a_restart() {
+    if !require_root_or_skip("sigterm_hands_over_only_when_systemds_job_is_a_restart") {
+        return;
+    }
+    let work = WorkDir::new("restart-systemd").unwrap();
+    let lab = Lab::build(&LabOptions::default()).unwrap();
+    let socket = work.path().join("control.sock");
+    let pins = PinDir::new(Path::new(inferlane::bpf::fs::BPFFS), &socket);
+    let _pin_guard = PinGuard(pins.clone());
+    let cfg = config(&socket, 4096, false);
+    let bus = work.path().join("systemd-private");
+    let bus_s = bus.display().to_string();
+    let env = [("INVOCATION_ID", "0123456789abcdef0123456789abcdef"), ("INFERLANE_SYSTEMD_BUS", bus_s.as_str()), ("INFERLANE_SYSTEMD_UNIT", "inferlane.service")];
+    let mut ids = Vec::new();
+
+    // systemctl stop: a stop job.
+    let server = inferlane::systemd::fake::fake_systemd(std::os::unix::net::UnixListener::bind(&bus).unwrap(), Some((41, "stop")));
+    let mut a = DaemonProcess::start_logged(bin(), &lab, &work, &cfg, &env, "daemon-stop.log").unwrap();
+    ids.extend(scenario::prog_ids(&status_of(&a)));
+    let exit = a.stop(Duration::from_secs(15)).unwrap();
+    assert_eq!(exit.code(), Some(0), "a stop job is a clean stop; log:\n{}", a.log_text());
+    let asked = server.join().unwrap();
+    assert!(!asked.is_empty(), "the daemon did not ask systemd for its job at SIGTERM; log:\n{}", a.log_text());
+    assert_eq!(asked[0].0, "/org/freedesktop/systemd1/unit/inferlane_2eservice", "{asked:?}");
+    assert!(a.log_text().contains("job=Some(\"stop\")"), "log:\n{}", a.log_text());
+    let left = scenario::leftovers(&lab, &socket, &ids);
+    assert!(left.is_empty(), "left behind after a clean stop: {left:?}");
+    std::fs::remove_file(&bus).unwrap();
+
+    // systemctl restart: a restart job.
+    let server = inferlane::systemd::fake::fake_systemd(std::os::unix::net::UnixListener::bind(&bus).unwrap(), Some((42, "restart")));
+    let mut a = DaemonProcess::start_logged(bin(), &lab, &work, &cfg, &env, "daemon-restart.log").unwrap();
+    ids.extend(scenario::prog_ids(&status_of(&a)));
+    let exit = a.stop(Duration::from_secs(15)).unwrap();
+    assert_eq!(exit.code(), Some(75), "a restart job is a handover; log:\n{}", a.log_text());
+    server.join().unwrap();
+    assert_eq!(pins.pinned_links().len(), 5, "links pinned for the successor: {:?}", pins.pinned_links());
+    assert!(inferlane::restart::state_path(&socket).exists(), "state file written");
+    let mut b = DaemonProcess::start_logged(bin(), &lab, &work, &cfg, &[], "daemon-b.log").unwrap();
+    let st = status_of(&b);
+    assert!(st.pins.adopted && st.pins.links_adopted == 5, "{:?}\nlog:\n{}", st.pins, b.log_text());
+    ids.extend(scenario::prog_ids(&st));
+    // Outside systemd SIGTERM is a clean stop, as before.
+    assert!(b.stop(Duration::from_secs(15)).unwrap().success(), "log:\n{}", b.log_text());
+    let left = scenario::leftovers(&lab, &socket, &ids);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
