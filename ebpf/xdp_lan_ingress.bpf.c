@@ -151,8 +151,12 @@ __noinline int il_pending(struct xdp_md *ctx, const struct il_flow_key *key, str
 			return 0;
 		}
 	} else if (!(first & 0x80)) {
-		/* A QUIC short header: the handshake is over. */
-		flow->flags &= ~IL_FLOW_F_PENDING;
+		/* A QUIC short header: the handshake is over, nothing more to punt.
+		 * If its Initials went to userspace, their verdict may still be on
+		 * its way (a handshake in the lab takes 5 ms; a loaded daemon can
+		 * take longer): keep looking for it, bounded as above. */
+		if (!flow->punts)
+			flow->flags &= ~IL_FLOW_F_PENDING;
 		return 0;
 	}
 	if (flow->punts >= IL_MAX_FLOW_PUNTS)

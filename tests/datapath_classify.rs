@@ -2886,6 +2886,9 @@ fn run_verdict_case(
         frames.push((true, hello));
     } else {
         frames.push((true, frame_with(&up, &QUIC_INITIAL_START)));
+        // A 1-RTT (short header) packet: on a fast path the handshake is over
+        // before userspace's verdict lands; the flow must keep waiting for it.
+        frames.push((true, frame_with(&up, &[0x40; 48])));
     }
     // The client's packets, and the server's SYN-ACK before any verdict exists.
     let punted_before = h.stats().punted;

@@ -275,6 +275,17 @@ fn send(ns: &Netns, priority: u32, n: usize) {
     .unwrap_or_else(|e| panic!("expected to send from {}: {e}", ns.name()));
 }
 
+/// Packets counted by each leaf qdisc (by handle): a qdisc made again starts at 0.
+fn leaf_packets(ns: &Netns, dev: &str) -> BTreeMap<String, u64> {
+    let out = ns.exec("tc", &["-s", "-j", "qdisc", "show", "dev", dev]).expect("tc -s -j qdisc show");
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("tc -s -j qdisc show gave {out:?}: {e}"));
+    json.iter()
+        .filter(|q| q["kind"] != "htb")
+        .map(|q| (q["handle"].as_str().unwrap_or_default().to_owned(), q["packets"].as_u64().unwrap_or_default()))
+        .collect()
+}
+
 fn packets(ns: &Netns, dev: &str) -> BTreeMap<String, u64> {
     classes(ns, dev).into_iter().map(|(h, c)| (h, c.packets)).collect()
 }
@@ -323,8 +334,14 @@ fn tree_matches_the_config_classifies_by_priority_changes_in_place_and_is_remove
     // Applying the same config again (a restart adopting our tree) changes nothing.
     let dump = |ns: &Netns| (qdiscs(ns, WAN), qdiscs(ns, LAN), classes(ns, WAN), classes(ns, LAN));
     let first = dump(&ns);
+    let leaves_before = leaf_packets(&ns, WAN);
+    assert!(leaves_before.values().sum::<u64>() >= 12, "the leaves counted what was sent: {leaves_before:?}");
     let again = apply(&ns, &cfg).unwrap_or_else(|e| panic!("expected a second apply to adopt our tree: {e}"));
     assert_eq!(dump(&ns), first, "a second apply must leave the same tree");
+    // The leaves themselves were kept, not deleted and made again (which would drop
+    // what they hold): their counters carry on.
+    assert_eq!(leaf_packets(&ns, WAN), leaves_before, "an adopted tree's leaf qdiscs must be kept");
+    assert_eq!(again.leaf_kind().map(|k| k.kind()), Some(kind), "the adopted leaf kind");
     assert_eq!(again.describe().interfaces[0].replaced, "adopted");
     drop(again);
 

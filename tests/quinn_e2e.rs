@@ -343,7 +343,12 @@ fn quinn_connects_by_name_and_its_flow_is_classified_and_marked() {
             let took = started.elapsed();
             rt.block_on(ep.wait_idle());
             let err = result.err().unwrap_or_else(|| {
-                panic!("{what}: {exchanges} exchanges worked for {GIVE_UP:?} although QUIC to {NAME} is blocked")
+                let flow = flows(&socket).into_iter().find(|x| x.proto == "udp" && x.client_port == local_port);
+                panic!(
+                    "{what}: {exchanges} exchanges worked for {GIVE_UP:?} although QUIC to {NAME} is blocked; \
+                     flow {flow:?}; learning {:?}",
+                    daemon.status().unwrap().learning
+                )
             });
             assert!(took < IDLE + Duration::from_secs(1), "{what}: failed only after {took:?} ({err}; {exchanges} exchanges first)");
             if by_dns {

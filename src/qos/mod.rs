@@ -116,6 +116,21 @@ impl LeafKind {
     /// Preference order: flow queueing with AQM first; the bfifo only bounds delay.
     pub const PREFERENCE: [LeafKind; 3] = [LeafKind::FqCodel, LeafKind::Cake, LeafKind::Bfifo];
 
+    /// The kind a qdisc dump names, if it is one of ours.
+    pub fn from_kind(kind: &str) -> Option<LeafKind> {
+        Self::PREFERENCE.into_iter().find(|k| k.kind() == kind)
+    }
+
+    /// For status: the kinds preferred to this one (not probed when the leaf was
+    /// kept from an adopted tree; a previous start found them missing).
+    fn worse_than_best(self) -> Vec<String> {
+        Self::PREFERENCE
+            .into_iter()
+            .take_while(|k| *k != self)
+            .map(|k| format!("{}: not probed, kept the adopted leaf", k.kind()))
+            .collect()
+    }
+
     pub fn kind(self) -> &'static str {
         match self {
             LeafKind::FqCodel => "fq_codel",
@@ -375,9 +390,22 @@ impl Qos {
                 .iter()
                 .find(|q| q.handle == handle(major, 0) && q.parent == handle(ROOT_MAJOR, minor))
                 .map(|q| q.kind.clone());
-            let Some(kind) = self.leaf else {
-                self.probe_leaf(conn, link, minor, major, limit, present).await?;
-                continue;
+            let kind = match (self.leaf, present.as_deref().and_then(LeafKind::from_kind)) {
+                (Some(kind), _) => kind,
+                // A leaf of ours already there (a tree adopted after a restart or a
+                // crash) is kept as it is: probing a better kind would delete it
+                // first (the kernel changes a qdisc in place only within its kind),
+                // dropping what it holds while traffic flows.
+                (None, Some(kind)) => {
+                    tracing::info!("queues: leaf qdisc {} (kept from the adopted tree)", kind.kind());
+                    self.leaf = Some(kind);
+                    self.leaf_fallback = kind.worse_than_best();
+                    kind
+                }
+                (None, None) => {
+                    self.probe_leaf(conn, link, minor, major, limit, present).await?;
+                    continue;
+                }
             };
             if present.take().is_some_and(|k| k != kind.kind()) {
                 conn.del_leaf(link.ifindex, minor, major).await.map_err(|e| nl("delete leaf qdisc", e))?;
