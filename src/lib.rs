@@ -9,5 +9,6 @@ pub mod control;
 pub mod daemon;
 pub mod export;
 pub mod flow;
+pub mod mem;
 pub mod qos;
 pub mod uplink;

@@ -112,7 +112,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, netns } => match inferlane::daemon::run(inferlane::daemon::RunOptions { config, netns }) {
+        Command::Run { config, netns } => match {
+            // Before the runtime's threads exist (see inferlane::mem).
+            inferlane::mem::tune();
+            inferlane::daemon::run(inferlane::daemon::RunOptions { config, netns })
+        } {
             Ok(()) => ExitCode::SUCCESS,
             Err(inferlane::daemon::DaemonError::Config(e)) => {
                 eprintln!("{e}");
