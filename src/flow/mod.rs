@@ -20,17 +20,21 @@
 //! caller exports and deletes each batch's outcome before reading the next, so
 //! a scan holds one batch, not the table. What stays per live flow is one
 //! [`FlowTracker`] entry: the key, the counters reported and last seen, two
-//! times and the few attributes a record needs ([`FlowAttrs`]), 152 bytes plus
-//! the hash table's slack, instead of a copy of the kernel's entry.
+//! times and the few attributes a record needs ([`FlowAttrs`]): 124 bytes a
+//! slot with an IPv4 key and its hash (148 for IPv6), at most 80 % of slots in
+//! use ([`table`]), instead of a copy of the kernel's entry in a
+//! general-purpose map.
 //!
 //! Pure: times and the table's contents come in, decisions go out.
 
+mod table;
 pub mod would_block;
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use crate::bpf::abi::{self, Flow, FlowKey};
+use table::Tracked;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
@@ -99,8 +103,10 @@ impl Delta {
 }
 
 /// What a flow record carries of the flow entry besides counters and times:
-/// all the exporter reads, in 22 bytes instead of the entry's 128.
+/// all the exporter reads, in 22 bytes instead of the entry's 128 (2-byte
+/// aligned, so that the tracker's entry has no padding).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C, packed(2))]
 pub struct FlowAttrs {
     /// The LAN interface the client is behind.
     pub ifindex: u32,
@@ -168,9 +174,9 @@ pub struct Scan {
     pub vanished: u64,
 }
 
-/// What the tracker keeps of a live flow between scans (112 bytes; with the
-/// 40-byte key, 152 a flow in the map).
-#[derive(Debug, Clone, Copy)]
+/// What the tracker keeps of a live flow between scans: 104 bytes; with the
+/// key and a 4-byte hash, 124 a slot for IPv4 flows, 148 for IPv6.
+#[derive(Debug, Clone, Copy, Default)]
 struct Seen {
     /// Counters already reported.
     base: Delta,
@@ -181,10 +187,14 @@ struct Seen {
     /// The flow's last packet, as of that scan.
     last_ns: u64,
     attrs: FlowAttrs,
-    /// The last scan that saw the flow: after a scan, entries of an older one
-    /// were not in the table any more.
-    mark: u32,
+    /// The last scan that saw the flow (modulo 2^16): after a scan, entries
+    /// marked otherwise were not in the table any more. (Every scan that
+    /// completes removes those, so the number never comes round to them.)
+    mark: u16,
 }
+
+const _: () = assert!(std::mem::size_of::<FlowAttrs>() == 22);
+const _: () = assert!(std::mem::size_of::<Seen>() == 104);
 
 impl Seen {
     fn report(&self, key: FlowKey, end_ns: u64, reason: EndReason) -> Option<Report> {
@@ -201,9 +211,9 @@ const SHRINK_AFTER_SCANS: u32 = 300;
 #[derive(Default)]
 pub struct FlowTracker {
     t: Timeouts,
-    seen: HashMap<FlowKey, Seen>,
-    /// Number of the current (or last) scan.
-    epoch: u32,
+    seen: Tracked<Seen>,
+    /// Number of the current (or last) scan, modulo 2^16.
+    epoch: u16,
     /// Scans in a row that found the map mostly empty.
     small_scans: u32,
     /// Totals since start, for status and metrics.
@@ -319,7 +329,7 @@ impl FlowTracker {
 
     /// Forget every flow (after the stop's forced ends).
     pub fn clear(&mut self) {
-        self.seen = HashMap::new();
+        self.seen.clear();
     }
 }
 
@@ -334,7 +344,7 @@ impl Pass<'_> {
         for (key, f) in keys.iter().zip(flows) {
             self.entries += 1;
             let now_counters = Delta::of(f);
-            let seen = self.tracker.seen.entry(*key).or_insert(Seen {
+            let seen = self.tracker.seen.get_or_insert_with(key, || Seen {
                 base: Delta::default(),
                 last: now_counters,
                 start_ns: f.first_ns,
@@ -427,7 +437,7 @@ impl Pass<'_> {
             // The n oldest, with a heap of n (not a sorted copy of the table).
             let mut heap: BinaryHeap<Age> = BinaryHeap::with_capacity(n + 1);
             for (k, s) in tracker.seen.iter().filter(|(_, s)| s.mark == epoch) {
-                let a = age(s.last_ns, k);
+                let a = age(s.last_ns, &k);
                 if heap.len() < n {
                     heap.push(a);
                 } else if heap.peek().is_some_and(|top| a < *top) {
@@ -452,10 +462,8 @@ impl Pass<'_> {
         }
         // Vanished since the last scan, without us: the kernel evicted them.
         let mut vanished = 0u64;
-        let mut gone: Vec<FlowKey> = Vec::new();
         loop {
-            gone.clear();
-            gone.extend(tracker.seen.iter().filter(|(_, s)| s.mark != epoch).map(|(k, _)| *k).take(BATCH));
+            let gone = tracker.seen.keys_where(BATCH, |s| s.mark != epoch);
             if gone.is_empty() {
                 break;
             }
@@ -483,11 +491,10 @@ impl FlowTracker {
     /// (a hash map keeps its largest size otherwise): not between two bursts of
     /// flows, where shrinking and growing again would cost more at the peak.
     fn shrink_if_idle(&mut self) {
-        let (len, cap) = (self.seen.len(), self.seen.capacity());
-        if cap > 1024 && len <= cap / 8 {
+        if self.seen.mostly_empty() {
             self.small_scans += 1;
             if self.small_scans >= SHRINK_AFTER_SCANS {
-                self.seen.shrink_to(len * 2);
+                self.seen.shrink();
                 self.small_scans = 0;
             }
         } else {
