@@ -262,21 +262,31 @@ impl State {
     }
 
     fn flows(&self) -> Result<Vec<FlowInfo>, BpfError> {
-        let flows = self.datapath().flows()?;
+        let mut out = Vec::new();
+        self.for_each_flow_info(&mut |infos: &[FlowInfo]| out.extend_from_slice(infos))?;
+        Ok(out)
+    }
+
+    /// The live flows as `inferlane flows` shows them, a batch of the table at
+    /// a time (metrics scrapes sum them up without holding them all).
+    fn for_each_flow_info(&self, f: &mut crate::control::metrics::FlowSink<'_>) -> Result<(), BpfError> {
+        let table = self.datapath().flow_table()?;
         let now = monotonic_ns();
         let names = self.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let live = self.live();
         let ifnames: Vec<(u32, String)> =
             self.datapath().attachments().into_iter().map(|a| (a.ifindex, a.iface)).collect();
-        Ok(flows
-            .iter()
-            .map(|(k, f)| {
-                let mut info = FlowInfo::from_entry(k, f, now, &live.config, &ifnames);
-                info.provider = live.catalog.by_id(f.provider_id).map(|p| p.name.clone());
+        let mut infos: Vec<FlowInfo> = Vec::new();
+        table.for_each_chunk(|keys, flows| {
+            infos.clear();
+            infos.extend(keys.iter().zip(flows).map(|(k, fl)| {
+                let mut info = FlowInfo::from_entry(k, fl, now, &live.config, &ifnames);
+                info.provider = live.catalog.by_id(fl.provider_id).map(|p| p.name.clone());
                 info.name = names.get(k).cloned();
                 info
-            })
-            .collect())
+            }));
+            f(&infos);
+        })
     }
 
     /// Re-read the config file and apply it atomically, or refuse it and keep the
@@ -1444,8 +1454,8 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<(), DaemonErr
         let exporter = crate::control::metrics::Exporter::default();
         let snapshot: crate::control::metrics::Snapshot = Arc::new(move || {
             let status = st.status().map_err(|e| e.to_string())?;
-            let flows = st.flows().map_err(|e| e.to_string())?;
-            Ok(exporter.render(&status, &flows))
+            // The flows a batch at a time: a scrape never holds the whole table.
+            exporter.render_walk(&status, |add| st.for_each_flow_info(add)).map_err(|e| e.to_string())
         });
         tracing::info!(listen = ?listener.local_addr().ok(), "serving metrics");
         tokio::spawn(crate::control::metrics::serve_listener(listener, snapshot, shutdown_rx.clone()))
