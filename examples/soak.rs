@@ -37,6 +37,7 @@ const FLOWS: u64 = 100_002;
 const FRAME_LEN: usize = 64;
 const COLLECTOR_PORT: u16 = 4739;
 const TABLE_SIZE: u32 = 262_144;
+const METRICS: &str = "127.0.0.1:9464";
 /// The budget of DESIGN.md: resident memory at 100k live flows.
 const BUDGET_KIB: u64 = 32 * 1024;
 
@@ -175,6 +176,17 @@ struct Cycle {
     send: Duration,
     expire: Duration,
     records: u64,
+    /// Bytes of the Prometheus scrape taken at full table.
+    scrape_bytes: usize,
+}
+
+/// One `inferlane flows` request at full table: flows listed, VmRSS before,
+/// VmHWM during (reset just before), VmRSS after.
+struct FlowsRequest {
+    flows: usize,
+    before: u64,
+    peak: u64,
+    after: u64,
 }
 
 fn records(st: &Status) -> u64 {
@@ -212,7 +224,8 @@ fn run() -> Result<()> {
     let nfcapd = start_nfcapd(&mut lab, &nfdir)?;
     let socket = work.path().join("control.sock");
     let config = lab_config_base(&socket, &format!("flow_table_size = {TABLE_SIZE}"))
-        + &format!("\n[export]\ncollectors = [\"127.0.0.1:{COLLECTOR_PORT}\"]\nformat = \"ipfix\"\nactive_timeout = \"60s\"\ninactive_timeout = \"5s\"\n");
+        + &format!("\n[export]\ncollectors = [\"127.0.0.1:{COLLECTOR_PORT}\"]\nformat = \"ipfix\"\nactive_timeout = \"60s\"\ninactive_timeout = \"5s\"\n")
+        + &format!("\n[metrics]\nlisten = \"{METRICS}\"\n");
     let mut daemon = DaemonProcess::start(&bin, &lab, &work, &config)?;
     let pid = daemon.pid().ok_or_else(|| anyhow!("daemon pid"))?;
     std::thread::sleep(Duration::from_secs(3));
@@ -223,6 +236,7 @@ fn run() -> Result<()> {
     let mut samples: Vec<Sample> = Vec::new();
     let mut cycles: Vec<Cycle> = Vec::new();
     let mut max_fill = 0u64;
+    let mut flows_request: Option<FlowsRequest> = None;
     for c in 0..args.cycles {
         let cfg = work.path().join(format!("trafgen-{c}.cfg"));
         std::fs::write(&cfg, trafgen_config(&mac, c))?;
@@ -239,6 +253,9 @@ fn run() -> Result<()> {
         let mut sending = true;
         let mut after_since: Option<Instant> = None;
         let mut latest: Option<Status> = None;
+        let mut full_since: Option<Instant> = None;
+        let mut scraped = false;
+        let mut peak = 0u64;
         loop {
             if sending && lab.wait(tg, Duration::ZERO).is_ok() {
                 sending = false;
@@ -265,17 +282,39 @@ fn run() -> Result<()> {
                 }
             }
             let (rss, hwm) = rss_kib(pid)?;
+            peak = peak.max(hwm);
             samples.push(Sample { t: start.elapsed().as_secs_f64(), cycle: c, rss, hwm, live });
             if live.is_some_and(|l| l >= FLOWS * 99 / 100) {
                 full.push(rss);
+                // Two seconds into the full table: one Prometheus scrape, and in
+                // the last cycle one `inferlane flows` (what `top` asks for).
+                if full_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(2) && !scraped {
+                    scraped = true;
+                    let out = lab.run(Role::Router, "curl", &["-sf", "-o", "/dev/null", "-w", "%{size_download}", &format!("http://{METRICS}/metrics")])?;
+                    cy.scrape_bytes = out.trim().parse().unwrap_or(0);
+                    if c + 1 == args.cycles {
+                        let before = rss_kib(pid)?;
+                        peak = peak.max(before.1);
+                        reset_hwm(pid)?;
+                        let n = match inferlane::control::client::request(daemon.socket(), &inferlane::control::Request::Flows) {
+                            Ok(inferlane::control::Response::Flows { flows }) => flows.len(),
+                            other => bail!("flows request: {other:?}"),
+                        };
+                        let after = rss_kib(pid)?;
+                        // The cycle's own peak leaves the request out.
+                        reset_hwm(pid)?;
+                        flows_request = Some(FlowsRequest { flows: n, before: before.0, peak: after.1, after: after.0 });
+                        log(start, format!("flows request: {n} flows, VmRSS {} KiB before, VmHWM {} KiB during, VmRSS {} KiB after", before.0, after.1, after.0));
+                    }
+                }
             }
             std::thread::sleep(Duration::from_millis(250));
         }
         let latest = latest.ok_or_else(|| anyhow!("cycle {c}: no status read"))?;
         cy.expire = t0.elapsed() - cy.send;
-        let (after, peak) = rss_kib(pid)?;
+        let (after, hwm) = rss_kib(pid)?;
         cy.after = after;
-        cy.peak = peak;
+        cy.peak = peak.max(hwm);
         cy.live_after = latest.flow_table.live;
         cy.created = latest.flow_table.stats.created - before.flow_table.stats.created;
         cy.records = records(&latest) - records(&before);
@@ -308,7 +347,7 @@ fn run() -> Result<()> {
         }
         std::fs::write(path, csv).with_context(|| format!("write {path}"))?;
     }
-    let section = render(&args, baseline, &cycles, &last, max_fill, (nf_flows, nf_packets), (&load_before, &load_after));
+    let section = render(&args, baseline, &cycles, &last, max_fill, flows_request.as_ref(), (nf_flows, nf_packets), (&load_before, &load_after));
     print!("{section}");
     if let Some(path) = &args.write {
         inferlane::lab::scenario::write_bench_section(Path::new(path), SECTION, &section).with_context(|| format!("write {path}"))?;
@@ -327,6 +366,7 @@ fn render(
     cycles: &[Cycle],
     last: &Status,
     max_live: u64,
+    flows_request: Option<&FlowsRequest>,
     (nf_flows, nf_packets): (u64, u64),
     (load_before, load_after): (&str, &str),
 ) -> String {
@@ -346,15 +386,17 @@ fn render(
          (live flows ≤ 0.1 % and the export backlog empty for 2 s). The daemon's VmRSS is sampled every 250 ms, \
          `inferlane status` every second (it reads the whole table too, as `status` and `top` do); VmHWM is reset at each \
          cycle's start, so \"peak\" is the cycle's own. \"At full table\" is the median VmRSS over the samples taken while \
-         ≥ 99 % of the cycle's flows were live.\n",
+         ≥ 99 % of the cycle's flows were live. Two seconds into each full table, one Prometheus scrape (`[metrics]`, curl in \
+         the router namespace); in the last cycle also one `inferlane flows` request (what `inferlane top` asks for every \
+         second), with VmHWM reset just before it and again after it (the cycle's peak leaves it out).\n",
         args.cycles, args.rounds
     );
-    let _ = writeln!(o, "| cycle | flows created | max live (fill) | VmRSS at full table (MiB) | peak VmHWM (MiB) | VmRSS after expiry (MiB) | records exported | send (s) | expiry (s) |");
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "| cycle | flows created | max live (fill) | VmRSS at full table (MiB) | peak VmHWM (MiB) | VmRSS after expiry (MiB) | records exported | scrape (bytes) | send (s) | expiry (s) |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
     for (i, c) in cycles.iter().enumerate() {
         let _ = writeln!(
             o,
-            "| {} | {} | {} ({:.1} %) | {} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {} | {} ({:.1} %) | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
             i + 1,
             c.created,
             c.max_live,
@@ -363,6 +405,7 @@ fn render(
             mib(c.peak),
             mib(c.after),
             c.records,
+            c.scrape_bytes,
             c.send.as_secs_f64(),
             c.expire.as_secs_f64()
         );
@@ -401,6 +444,17 @@ fn render(
         ft.evicted_by_kernel,
         ft.records,
     );
+    if let Some(f) = flows_request {
+        let _ = writeln!(
+            o,
+            "- One `inferlane flows` at full table ({} flows listed): VmRSS {} MiB before, VmHWM {} MiB while answering, {} MiB after. \
+             The answer lists every flow (JSON over the control socket), so its size and the daemon's transient memory grow with the table.",
+            f.flows,
+            mib(f.before),
+            mib(f.peak),
+            mib(f.after)
+        );
+    }
     let verdict = if rss_full <= BUDGET_KIB { "met" } else { "not met" };
     let _ = writeln!(o, "- Budget (DESIGN.md): resident memory ≤ 32 MiB at 100k flows: **{verdict}** ({} MiB).\n", mib(rss_full));
     o

@@ -169,6 +169,46 @@ impl Handler for State {
         };
         result.unwrap_or_else(|e| Response::Error { message: e.to_string() })
     }
+
+    /// The flows answer (control::FLOWS_JSON_START ... END) a batch of the
+    /// table at a time.
+    fn flows_json(&self, out: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), String> {
+        let mut buf: Vec<u8> = crate::control::FLOWS_JSON_START.as_bytes().to_vec();
+        let mut first = true;
+        let mut open = true;
+        let mut error = None;
+        self.for_each_flow_info(&mut |infos: &[FlowInfo]| {
+            if !open || error.is_some() {
+                return;
+            }
+            for info in infos {
+                if !first {
+                    buf.push(b',');
+                }
+                first = false;
+                if let Err(e) = serde_json::to_writer(&mut buf, info) {
+                    error = Some(e.to_string());
+                    return;
+                }
+                if buf.len() >= FLOWS_JSON_PIECE {
+                    open = out(&buf);
+                    buf.clear();
+                    if !open {
+                        return;
+                    }
+                }
+            }
+            open = out(&buf);
+            buf.clear();
+        })
+        .map_err(|e| e.to_string())?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        buf.extend_from_slice(crate::control::FLOWS_JSON_END.as_bytes());
+        out(&buf);
+        Ok(())
+    }
 }
 
 impl State {
@@ -661,6 +701,9 @@ impl State {
         }
     }
 }
+
+/// Bytes of JSON handed to the control socket at a time by `flows_json`.
+const FLOWS_JSON_PIECE: usize = 128 * 1024;
 
 /// A flow that saw a packet this recently keeps its address learned.
 const IN_USE_NS: u64 = 120_000_000_000;
