@@ -94,6 +94,55 @@ fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((get("VmRSS:")?, get("VmHWM:")?))
 }
 
+/// utime + stime of a process, in ms.
+fn cpu_ms(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').ok_or_else(|| anyhow!("bad stat"))? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as u64;
+    Ok(ticks * 1000 / hz)
+}
+
+/// Where the resident memory is, by kind of mapping (/proc/PID/smaps): (what, KiB).
+fn breakdown(pid: u32) -> Result<Vec<(&'static str, u64)>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).with_context(|| format!("/proc/{pid}/smaps"))?;
+    const KINDS: [&str; 6] = [
+        "the daemon's binary (code and read-only data, file-backed)",
+        "shared libraries (libc, libm, ld.so; file-backed)",
+        "eBPF maps mapped into the process (the 1 MiB punt ring buffer, mapped twice)",
+        "malloc heap (brk: small allocations)",
+        "anonymous mappings (malloc's blocks of 256 KiB and more: the flow tracker's table; thread stacks and arena)",
+        "other (stack, vdso)",
+    ];
+    let mut kib = [0u64; 6];
+    let mut kind = 5;
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            let path = f.nth(4).unwrap_or("");
+            kind = if path.ends_with("/inferlane") {
+                0
+            } else if path.contains(".so") {
+                1
+            } else if path.starts_with("anon_inode:bpf") {
+                2
+            } else if path == "[heap]" {
+                3
+            } else if path.is_empty() {
+                4
+            } else {
+                5
+            };
+        } else if first == "Rss:" {
+            kib[kind] += f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    Ok(KINDS.iter().copied().zip(kib).collect())
+}
+
 /// Resets VmHWM to the current VmRSS.
 fn reset_hwm(pid: u32) -> Result<()> {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").with_context(|| format!("/proc/{pid}/clear_refs"))
@@ -178,6 +227,8 @@ struct Cycle {
     records: u64,
     /// Bytes of the Prometheus scrape taken at full table.
     scrape_bytes: usize,
+    /// The daemon's CPU time (user + system) over the cycle.
+    cpu_ms: u64,
 }
 
 /// One `inferlane flows` request at full table: flows listed, VmRSS before,
@@ -237,12 +288,15 @@ fn run() -> Result<()> {
     let mut cycles: Vec<Cycle> = Vec::new();
     let mut max_fill = 0u64;
     let mut flows_request: Option<FlowsRequest> = None;
+    // VmRSS and where it is, at full table (the last cycle's).
+    let mut where_full: Option<(u64, Vec<(&'static str, u64)>)> = None;
     for c in 0..args.cycles {
         let cfg = work.path().join(format!("trafgen-{c}.cfg"));
         std::fs::write(&cfg, trafgen_config(&mac, c))?;
         let before = daemon.status()?;
         reset_hwm(pid)?;
         let mut cy = Cycle::default();
+        let cpu0 = cpu_ms(pid)?;
         let t0 = Instant::now();
         let n = (FLOWS * args.rounds).to_string();
         let cfg_s = cfg.display().to_string();
@@ -292,6 +346,7 @@ fn run() -> Result<()> {
                     scraped = true;
                     let out = lab.run(Role::Router, "curl", &["-sf", "-o", "/dev/null", "-w", "%{size_download}", &format!("http://{METRICS}/metrics")])?;
                     cy.scrape_bytes = out.trim().parse().unwrap_or(0);
+                    where_full = Some((rss, breakdown(pid)?));
                     if c + 1 == args.cycles {
                         let before = rss_kib(pid)?;
                         peak = peak.max(before.1);
@@ -312,6 +367,7 @@ fn run() -> Result<()> {
         }
         let latest = latest.ok_or_else(|| anyhow!("cycle {c}: no status read"))?;
         cy.expire = t0.elapsed() - cy.send;
+        cy.cpu_ms = cpu_ms(pid)? - cpu0;
         let (after, hwm) = rss_kib(pid)?;
         cy.after = after;
         cy.peak = peak.max(hwm);
@@ -347,7 +403,7 @@ fn run() -> Result<()> {
         }
         std::fs::write(path, csv).with_context(|| format!("write {path}"))?;
     }
-    let section = render(&args, baseline, &cycles, &last, max_fill, flows_request.as_ref(), (nf_flows, nf_packets), (&load_before, &load_after));
+    let section = render(&args, baseline, &cycles, &last, max_fill, flows_request.as_ref(), where_full.as_ref(), (nf_flows, nf_packets), (&load_before, &load_after));
     print!("{section}");
     if let Some(path) = &args.write {
         inferlane::lab::scenario::write_bench_section(Path::new(path), SECTION, &section).with_context(|| format!("write {path}"))?;
@@ -367,6 +423,7 @@ fn render(
     last: &Status,
     max_live: u64,
     flows_request: Option<&FlowsRequest>,
+    where_full: Option<&(u64, Vec<(&'static str, u64)>)>,
     (nf_flows, nf_packets): (u64, u64),
     (load_before, load_after): (&str, &str),
 ) -> String {
@@ -391,12 +448,12 @@ fn render(
          second), with VmHWM reset just before it and again after it (the cycle's peak leaves it out).\n",
         args.cycles, args.rounds
     );
-    let _ = writeln!(o, "| cycle | flows created | max live (fill) | VmRSS at full table (MiB) | peak VmHWM (MiB) | VmRSS after expiry (MiB) | records exported | scrape (bytes) | send (s) | expiry (s) |");
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "| cycle | flows created | max live (fill) | VmRSS at full table (MiB) | peak VmHWM (MiB) | VmRSS after expiry (MiB) | records exported | scrape (bytes) | send (s) | expiry (s) | daemon CPU (s) |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, c) in cycles.iter().enumerate() {
         let _ = writeln!(
             o,
-            "| {} | {} | {} ({:.1} %) | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {} | {} ({:.1} %) | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.2} |",
             i + 1,
             c.created,
             c.max_live,
@@ -407,7 +464,8 @@ fn render(
             c.records,
             c.scrape_bytes,
             c.send.as_secs_f64(),
-            c.expire.as_secs_f64()
+            c.expire.as_secs_f64(),
+            c.cpu_ms as f64 / 1000.0
         );
     }
     let full: Vec<u64> = cycles.iter().filter_map(|c| c.rss_full).collect();
@@ -454,6 +512,15 @@ fn render(
             mib(f.peak),
             mib(f.after)
         );
+    }
+    if let Some((rss, kinds)) = where_full {
+        let _ = writeln!(o, "\nWhere the resident memory is at full table (last cycle, /proc/PID/smaps, VmRSS {} MiB then):\n", mib(*rss));
+        let _ = writeln!(o, "| mappings | resident (MiB) |");
+        let _ = writeln!(o, "|---|---|");
+        for (what, kib) in kinds {
+            let _ = writeln!(o, "| {what} | {} |", mib(*kib));
+        }
+        let _ = writeln!(o);
     }
     let verdict = if rss_full <= BUDGET_KIB { "met" } else { "not met" };
     let _ = writeln!(o, "- Budget (DESIGN.md): resident memory ≤ 32 MiB at 100k flows: **{verdict}** ({} MiB).\n", mib(rss_full));
