@@ -1011,6 +1011,9 @@ async fn uplink_events(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     // counters, once a second.
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut last: Vec<crate::bpf::abi::UplinkCounters> = vec![Default::default(); config.uplinks.len()];
+    // With no health task (no uplink has probes) the report channel is closed
+    // from the start: a closed channel is always ready, so stop polling it.
+    let mut reports_open = true;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -1028,8 +1031,11 @@ async fn uplink_events(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
                 }
                 last = counters;
             }
-            r = reports.recv() => {
-                let Some(report) = r else { continue };
+            r = reports.recv(), if reports_open => {
+                let Some(report) = r else {
+                    reports_open = false;
+                    continue;
+                };
                 let mut guard = state.uplinks.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(u) = guard.as_mut() else { continue };
                 let Some(index) = config.uplinks.iter().position(|x| x.name == report.uplink) else { continue };
