@@ -656,7 +656,10 @@ impl State {
         }
         let now_ns = monotonic_ns();
         let mut in_use: std::collections::HashSet<std::net::IpAddr> = std::collections::HashSet::new();
-        let walk = self.datapath().flow_table().and_then(|table| {
+        // The table through its own handle: the Datapath lock is not held
+        // during the walk (punts go on).
+        let table = self.datapath().flow_table();
+        let walk = table.and_then(|table| {
             table.for_each_chunk(|keys, flows| {
                 in_use.extend(
                     keys.iter()
