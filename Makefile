@@ -95,7 +95,7 @@ bench-deps: deps
 	fi
 
 ## bench: benchmarks, figures written to BENCHMARKS.md (installs BENCH_APT_PACKAGES first);
-## the soak (about 4 minutes) is separate: make soak
+## the soak (about 6 minutes) is separate: make soak
 bench: bench-deps
 	$(CARGO) build --release --bin inferlane
 	$(CARGO) run --release --example bench_datapath -- --write BENCHMARKS.md
@@ -104,11 +104,12 @@ bench: bench-deps
 	$(CARGO) run --release --example bench_queues -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_export -- --write BENCHMARKS.md
 
-## soak: 1,000,000 flows created and expired through the lab (10 cycles of 100k);
-## the daemon's resident memory and the flow table's fill, written to BENCHMARKS.md
+## soak: 1,000,000 flows created and expired through the lab (10 cycles of 100k), IPv4
+## then IPv6; the daemon's resident memory and the flow table's fill, written to BENCHMARKS.md
 soak: bench-deps
 	$(CARGO) build --release --bin inferlane
 	$(CARGO) run --release --example soak -- --write BENCHMARKS.md
+	$(CARGO) run --release --example soak -- --ipv6 --write BENCHMARKS.md
 
 ## fuzz: cargo-fuzz on the punt parsers (DNS, TLS, QUIC, frames), FUZZ_SECONDS each
 ## (default 60). Stable Rust: no sanitizer, libFuzzer's coverage guidance only.
