@@ -513,6 +513,16 @@ mod tests {
         FlowKey { client: [0; 16], remote: [0; 16], client_port: port.to_be(), remote_port: 443u16.to_be(), proto, family: 4, pad: 0 }
     }
 
+    /// A real IPv4 key (addresses IPv4-mapped), as the datapath makes them.
+    fn key_v4(port: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            client: abi::addr_bytes(std::net::Ipv4Addr::new(10, 0, (port >> 8) as u8, port as u8).into()),
+            remote: abi::addr_bytes(std::net::Ipv4Addr::new(192, 0, 2, 10).into()),
+            family: 4,
+            ..key(port, proto)
+        }
+    }
+
     fn flow(first: u64, last: u64, up: u64, down: u64) -> Flow {
         Flow { first_ns: first, last_ns: last, up_packets: up, up_bytes: up * 100, down_packets: down, down_bytes: down * 1000, ..Flow::default() }
     }
@@ -579,11 +589,12 @@ mod tests {
     fn pressure_evicts_the_longest_idle_after_reporting_them() {
         let mut tr = FlowTracker::new(t());
         // 95 flows in a table of 100: above 90 %, down to 80 %.
-        let flows: Vec<(FlowKey, Flow)> = (0..95u16).map(|i| (key(i, 17), flow(0, S + u64::from(i) * 1000, 1, 1))).collect();
+        let flows: Vec<(FlowKey, Flow)> = (0..95u16).map(|i| (key_v4(i, 17), flow(0, S + u64::from(i) * 1000, 1, 1))).collect();
         let scan = tr.scan(2 * S, &flows, 100);
         assert_eq!(scan.delete.len(), 15);
         let deleted: Vec<u16> = scan.delete.iter().map(|k| u16::from_be(k.client_port)).collect();
         assert_eq!(deleted, (0..15).collect::<Vec<_>>(), "the longest idle go first");
+        assert_eq!(scan.delete, (0..15).map(|i| key_v4(i, 17)).collect::<Vec<_>>(), "keys given back byte for byte");
         assert_eq!(scan.reports.len(), 15);
         assert!(scan.reports.iter().all(|r| r.reason == EndReason::LackOfResources));
         assert_eq!(tr.pressure_evictions, 15);
@@ -636,7 +647,9 @@ mod tests {
                     if i % 5 == 0 {
                         f.tcp_flags_up = TCP_FIN;
                     }
-                    (key(i, if i % 2 == 0 { 6 } else { 17 }), f)
+                    // Both kinds of key the tracker keeps: IPv4 (short) and others.
+                    let k = if i % 3 == 0 { key(i, if i % 2 == 0 { 6 } else { 17 }) } else { key_v4(i, if i % 2 == 0 { 6 } else { 17 }) };
+                    (k, f)
                 })
                 .collect()
         };
