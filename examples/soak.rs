@@ -423,6 +423,7 @@ fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn render(
     args: &Args,
     baseline: u64,
