@@ -17,7 +17,7 @@ CARGO ?= cargo
 # bash: the test recipe reads PIPESTATUS.
 SHELL := /bin/bash
 
-.PHONY: deps build release deb cargo-deb lab test test-unit check-root check-clean bench fuzz clean
+.PHONY: deps build release deb cargo-deb lab test test-unit check-root check-clean bench bench-deps soak fuzz clean
 
 ## deps: install the Debian packages that are missing (apt-get update only if needed)
 deps: check-root
@@ -91,8 +91,7 @@ check-clean:
 # benchmarks; softflowd, the export benchmark's comparison).
 BENCH_APT_PACKAGES := netsniff-ng softflowd
 
-## bench: benchmarks, figures written to BENCHMARKS.md (installs BENCH_APT_PACKAGES first)
-bench: deps
+bench-deps: deps
 	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -100,12 +99,23 @@ bench: deps
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+## bench: benchmarks, figures written to BENCHMARKS.md (installs BENCH_APT_PACKAGES first);
+## the soak (about 6 minutes) is separate: make soak
+bench: bench-deps
 	$(CARGO) build --release --bin inferlane
 	$(CARGO) run --release --example bench_datapath -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_userspace -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_forwarding -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_queues -- --write BENCHMARKS.md
 	$(CARGO) run --release --example bench_export -- --write BENCHMARKS.md
+
+## soak: 1,000,000 flows created and expired through the lab (10 cycles of 100k), IPv4
+## then IPv6; the daemon's resident memory and the flow table's fill, written to BENCHMARKS.md
+soak: bench-deps
+	$(CARGO) build --release --bin inferlane
+	$(CARGO) run --release --example soak -- --write BENCHMARKS.md
+	$(CARGO) run --release --example soak -- --ipv6 --write BENCHMARKS.md
 
 ## fuzz: cargo-fuzz on the punt parsers (DNS, TLS, QUIC, frames), FUZZ_SECONDS each
 ## (default 60). Stable Rust: no sanitizer, libFuzzer's coverage guidance only.

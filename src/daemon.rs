@@ -181,6 +181,46 @@ impl Handler for State {
         };
         result.unwrap_or_else(|e| Response::Error { message: e.to_string() })
     }
+
+    /// The flows answer (control::FLOWS_JSON_START ... END) a batch of the
+    /// table at a time.
+    fn flows_json(&self, out: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), String> {
+        let mut buf: Vec<u8> = crate::control::FLOWS_JSON_START.as_bytes().to_vec();
+        let mut first = true;
+        let mut open = true;
+        let mut error = None;
+        self.for_each_flow_info(&mut |infos: &[FlowInfo]| {
+            if !open || error.is_some() {
+                return;
+            }
+            for info in infos {
+                if !first {
+                    buf.push(b',');
+                }
+                first = false;
+                if let Err(e) = serde_json::to_writer(&mut buf, info) {
+                    error = Some(e.to_string());
+                    return;
+                }
+                if buf.len() >= FLOWS_JSON_PIECE {
+                    open = out(&buf);
+                    buf.clear();
+                    if !open {
+                        return;
+                    }
+                }
+            }
+            open = out(&buf);
+            buf.clear();
+        })
+        .map_err(|e| e.to_string())?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        buf.extend_from_slice(crate::control::FLOWS_JSON_END.as_bytes());
+        out(&buf);
+        Ok(())
+    }
 }
 
 impl State {
@@ -200,7 +240,9 @@ impl State {
         let dp = self.datapath();
         let counters = dp.counters()?;
         let stats = dp.flow_stats()?;
-        let flow_uplinks: Vec<u8> = dp.flows()?.iter().map(|(_, f)| f.uplink).collect();
+        // One byte a flow, read a batch at a time (not a copy of the table).
+        let mut flow_uplinks: Vec<u8> = Vec::new();
+        dp.flow_table()?.for_each_chunk(|_, flows| flow_uplinks.extend(flows.iter().map(|f| f.uplink)))?;
         let live_flows = flow_uplinks.len() as u64;
         let (uplinks, switches) = match uplinks_guard.as_ref() {
             Some(u) => (u.status(&dp, &flow_uplinks), u.history()),
@@ -273,21 +315,31 @@ impl State {
     }
 
     fn flows(&self) -> Result<Vec<FlowInfo>, BpfError> {
-        let flows = self.datapath().flows()?;
+        let mut out = Vec::new();
+        self.for_each_flow_info(&mut |infos: &[FlowInfo]| out.extend_from_slice(infos))?;
+        Ok(out)
+    }
+
+    /// The live flows as `inferlane flows` shows them, a batch of the table at
+    /// a time (metrics scrapes sum them up without holding them all).
+    fn for_each_flow_info(&self, f: &mut crate::control::metrics::FlowSink<'_>) -> Result<(), BpfError> {
+        let table = self.datapath().flow_table()?;
         let now = monotonic_ns();
         let names = self.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let live = self.live();
         let ifnames: Vec<(u32, String)> =
             self.datapath().attachments().into_iter().map(|a| (a.ifindex, a.iface)).collect();
-        Ok(flows
-            .iter()
-            .map(|(k, f)| {
-                let mut info = FlowInfo::from_entry(k, f, now, &live.config, &ifnames);
-                info.provider = live.catalog.by_id(f.provider_id).map(|p| p.name.clone());
+        let mut infos: Vec<FlowInfo> = Vec::new();
+        table.for_each_chunk(|keys, flows| {
+            infos.clear();
+            infos.extend(keys.iter().zip(flows).map(|(k, fl)| {
+                let mut info = FlowInfo::from_entry(k, fl, now, &live.config, &ifnames);
+                info.provider = live.catalog.by_id(fl.provider_id).map(|p| p.name.clone());
                 info.name = names.get(k).cloned();
                 info
-            })
-            .collect())
+            }));
+            f(&infos);
+        })
     }
 
     /// Re-read the config file and apply it atomically, or refuse it and keep the
@@ -376,17 +428,23 @@ impl State {
     /// A handover's state, on adopted maps: the tracker continues from what the
     /// predecessor reported, so no period is exported twice.
     fn take_over(&self, h: crate::restart::Handover) {
-        let flows = match self.datapath().flows() {
-            Ok(f) => f,
+        let table = match self.datapath().flow_table() {
+            Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "read the adopted flow table; handover state dropped");
                 return;
             }
         };
-        let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-        let carried: Vec<crate::flow::Carried> = h.flows.iter().map(crate::restart::CarriedFlow::carried).collect();
+        let carried: std::collections::HashMap<crate::bpf::abi::FlowKey, crate::flow::Carried> =
+            h.flows.iter().map(crate::restart::CarriedFlow::carried).map(|c| (c.key, c)).collect();
         let total = carried.len();
-        let n = tracker.adopt(carried, &flows);
+        let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        // A batch at a time, like the scans: no copy of the whole table.
+        let walk = table.for_each_chunk(|keys, flows| n += tracker.adopt_chunk(&carried, keys, flows));
+        if let Err(e) = walk {
+            tracing::warn!(error = %e, "read the adopted flow table; some flows may be exported twice");
+        }
         tracker.reported = h.reported;
         tracker.deleted = h.deleted;
         tracker.vanished = h.vanished;
@@ -666,17 +724,24 @@ impl State {
             tracing::warn!(error = %e, "sweep stale verdicts");
         }
         let now_ns = monotonic_ns();
-        let in_use: std::collections::HashSet<std::net::IpAddr> = match self.datapath().flows() {
-            Ok(flows) => flows
-                .iter()
-                .filter(|(_, f)| now_ns.saturating_sub(f.last_ns) < IN_USE_NS)
-                .map(|(k, _)| crate::bpf::abi::addr_from_bytes(k.remote, k.family))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "read flows for expiry; trying later");
-                return;
-            }
-        };
+        let mut in_use: std::collections::HashSet<std::net::IpAddr> = std::collections::HashSet::new();
+        // The table through its own handle: the Datapath lock is not held
+        // during the walk (punts go on).
+        let table = self.datapath().flow_table();
+        let walk = table.and_then(|table| {
+            table.for_each_chunk(|keys, flows| {
+                in_use.extend(
+                    keys.iter()
+                        .zip(flows)
+                        .filter(|(_, f)| now_ns.saturating_sub(f.last_ns) < IN_USE_NS)
+                        .map(|(k, _)| crate::bpf::abi::addr_from_bytes(k.remote, k.family)),
+                )
+            })
+        });
+        if let Err(e) = walk {
+            tracing::warn!(error = %e, "read flows for expiry; trying later");
+            return;
+        }
         let mut gone = self.book.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now(), &in_use);
         // Addresses the datapath installed from an answer the daemon did not
         // learn (a full ring buffer, an answer it refused): nobody would expire
@@ -708,6 +773,9 @@ impl State {
         }
     }
 }
+
+/// Bytes of JSON handed to the control socket at a time by `flows_json`.
+const FLOWS_JSON_PIECE: usize = 128 * 1024;
 
 /// A flow that saw a packet this recently keeps its address learned.
 const IN_USE_NS: u64 = 120_000_000_000;
@@ -815,40 +883,74 @@ async fn flow_lifecycle(state: Arc<State>, mut shutdown: watch::Receiver<bool>) 
 }
 
 impl State {
+    /// One scan, a batch of the table at a time: each batch's ended flows are
+    /// exported, then deleted, before the next batch is read, so the scan's
+    /// memory is one batch whatever the table's size.
     fn scan_flows(&self) {
         let now = monotonic_ns();
-        let (flows, size) = {
+        let (table, size) = {
             let dp = self.datapath();
-            match dp.flows() {
-                Ok(f) => (f, dp.flow_table_size()),
+            match dp.flow_table() {
+                Ok(t) => (t, dp.flow_table_size()),
                 Err(e) => {
                     tracing::warn!(error = %e, "flow table scan");
                     return;
                 }
             }
         };
-        self.log_would_block(&flows);
-        let scan = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).scan(now, &flows, size);
-        if scan.vanished > 0 {
-            tracing::warn!(flows = scan.vanished, "flows evicted by the kernel before the daemon could report them; raise daemon.flow_table_size");
+        let observe = self.live().config.daemon.mode == Mode::Observe;
+        let mut would_block = self.would_block.lock().unwrap_or_else(|p| p.into_inner());
+        let mut blocked = crate::flow::would_block::WouldBlockScan::default();
+        if observe {
+            would_block.begin();
         }
-        self.report_flows(&scan.reports);
-        if !scan.delete.is_empty() {
-            if let Err(e) = self.datapath().delete_flows(&scan.delete) {
+        let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pass = tracker.pass(now);
+        let walk = table.for_each_chunk(|keys, flows| {
+            if observe {
+                would_block.chunk(keys, flows, &mut blocked);
+            }
+            pass.chunk(keys, flows);
+            self.report_and_delete(&table, &mut pass.reports, &mut pass.delete);
+        });
+        if let Err(e) = walk {
+            // The flows not reached stay as they were; the next scan goes on.
+            tracing::warn!(error = %e, "flow table scan");
+            return;
+        }
+        let vanished = pass.finish(size, |reports, delete| self.report_and_delete(&table, reports, delete));
+        drop(tracker);
+        if observe {
+            would_block.end();
+            drop(would_block);
+            self.log_would_block(&blocked);
+        }
+        if vanished > 0 {
+            tracing::warn!(flows = vanished, "flows evicted by the kernel before the daemon could report them; raise daemon.flow_table_size");
+        }
+        crate::mem::trim();
+    }
+
+    /// Export `reports`, then delete `delete` from the table (in that order: no
+    /// flow leaves the table unreported); both are emptied.
+    fn report_and_delete(&self, table: &crate::bpf::maps::FlowTable, reports: &mut Vec<crate::flow::Report>, delete: &mut Vec<crate::bpf::abi::FlowKey>) {
+        if !reports.is_empty() {
+            self.report_flows(reports);
+            reports.clear();
+        }
+        if !delete.is_empty() {
+            if let Err(e) = table.delete(delete) {
                 tracing::warn!(error = %e, "delete ended flows");
             }
+            delete.clear();
         }
     }
 
     /// Observe mode: one log line per flow a block verdict would have stopped
     /// (the scan sees every flow before it is deleted), at most
     /// `would_block::MAX_PER_SCAN` a second.
-    fn log_would_block(&self, flows: &[(crate::bpf::abi::FlowKey, crate::bpf::abi::Flow)]) {
+    fn log_would_block(&self, scan: &crate::flow::would_block::WouldBlockScan) {
         let live = self.live();
-        if live.config.daemon.mode != Mode::Observe {
-            return;
-        }
-        let scan = self.would_block.lock().unwrap_or_else(|p| p.into_inner()).scan(flows);
         let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         for (k, f) in &scan.log {
             let client = std::net::SocketAddr::new(crate::bpf::abi::addr_from_bytes(k.client, k.family), u16::from_be(k.client_port));
@@ -883,16 +985,27 @@ impl State {
         }
     }
 
+    /// At stop: everything not yet reported goes out as forced ends, a batch of
+    /// the table at a time.
     fn finish_flows(&self) {
-        let flows = match self.datapath().flows() {
-            Ok(f) => f,
+        let table = match self.datapath().flow_table() {
+            Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "flow table read at stop");
                 return;
             }
         };
-        let reports = self.tracker.lock().unwrap_or_else(|p| p.into_inner()).finish(&flows);
-        self.report_flows(&reports);
+        let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reports = Vec::new();
+        let walk = table.for_each_chunk(|keys, flows| {
+            tracker.finish_chunk(keys, flows, &mut reports);
+            self.report_flows(&reports);
+            reports.clear();
+        });
+        if let Err(e) = walk {
+            tracing::warn!(error = %e, "flow table read at stop");
+        }
+        tracker.clear();
     }
 
     /// Lets paced export messages out; returns how many still wait.
@@ -1523,8 +1636,8 @@ async fn serve(prepared: Prepared, config_path: PathBuf) -> Result<crate::restar
         let exporter = crate::control::metrics::Exporter::default();
         let snapshot: crate::control::metrics::Snapshot = Arc::new(move || {
             let status = st.status().map_err(|e| e.to_string())?;
-            let flows = st.flows().map_err(|e| e.to_string())?;
-            Ok(exporter.render(&status, &flows))
+            // The flows a batch at a time: a scrape never holds the whole table.
+            exporter.render_walk(&status, |add| st.for_each_flow_info(add)).map_err(|e| e.to_string())
         });
         tracing::info!(listen = ?listener.local_addr().ok(), "serving metrics");
         tokio::spawn(crate::control::metrics::serve_listener(listener, snapshot, shutdown_rx.clone()))

@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod export;
 pub mod flow;
+pub mod mem;
 pub mod qos;
 pub mod restart;
 pub mod systemd;

@@ -119,20 +119,24 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, netns } => match inferlane::daemon::run(inferlane::daemon::RunOptions { config, netns }) {
-            Ok(inferlane::restart::Stopped::Clean) => ExitCode::SUCCESS,
-            Ok(inferlane::restart::Stopped::Handover) => ExitCode::from(inferlane::restart::EXIT_HANDOVER),
-            Err(inferlane::daemon::DaemonError::Config(e)) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
+        Command::Run { config, netns } => {
+            // Before the runtime's threads exist (see inferlane::mem).
+            inferlane::mem::tune();
+            match inferlane::daemon::run(inferlane::daemon::RunOptions { config, netns }) {
+                Ok(inferlane::restart::Stopped::Clean) => ExitCode::SUCCESS,
+                Ok(inferlane::restart::Stopped::Handover) => ExitCode::from(inferlane::restart::EXIT_HANDOVER),
+                Err(inferlane::daemon::DaemonError::Config(e)) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    let text = error_chain(&e);
+                    tracing::error!("{text}");
+                    eprintln!("inferlane: {text}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                let text = error_chain(&e);
-                tracing::error!("{text}");
-                eprintln!("inferlane: {text}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Status { target, json } => {
             let path = match target.resolve() {
                 Ok(p) => p,

@@ -47,7 +47,7 @@ impl Counters {
 
 /// `struct il_flow_key`: addresses IPv6 or IPv4-mapped, ports in network byte order.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub client: [u8; 16],
     pub remote: [u8; 16],

@@ -35,12 +35,17 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     }
 }
 
-/// Every entry of a (non-per-CPU) hash or LRU hash map. Entries that change
-/// during the walk may be seen before or after the change; entries inserted
-/// during it may be missed, as with any walk.
-pub fn lookup_all<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>> {
-    const CHUNK: usize = 4096;
-    let mut out = Vec::new();
+/// Entries per batch read: one reused buffer of this many keys and values
+/// (4096 × 168 B for the flow table, about 0.7 MB) serves a whole walk.
+pub const CHUNK: usize = 4096;
+
+/// Every entry of a (non-per-CPU) hash or LRU hash map, handed to `f` a batch at
+/// a time (at most [`CHUNK`] entries) as the kernel returns them: memory stays
+/// one batch however large the map. Entries that change during the walk may be
+/// seen before or after the change; entries inserted during it may be missed,
+/// as with any walk. Deleting entries already handed out is safe (the cursor is
+/// a bucket number past them).
+pub fn for_each_chunk<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>, mut f: impl FnMut(&[K], &[V])) -> io::Result<()> {
     let mut keys: Vec<K> = Vec::with_capacity(CHUNK);
     let mut values: Vec<V> = Vec::with_capacity(CHUNK);
     // The hash map's batch cursor is a bucket number (u32); room for a u64.
@@ -57,7 +62,7 @@ pub fn lookup_all<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> io::Result<Ve
             ..BatchAttr::default()
         };
         let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = attr.count as usize;
+        let n = (attr.count as usize).min(CHUNK);
         let done = match result {
             Ok(()) => false,
             // The last batch: ENOENT, with the entries it still found.
@@ -70,9 +75,13 @@ pub fn lookup_all<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> io::Result<Ve
             keys.set_len(n);
             values.set_len(n);
         }
-        out.extend(keys.drain(..).zip(values.drain(..)));
+        if n > 0 {
+            f(&keys, &values);
+        }
+        keys.clear();
+        values.clear();
         if done {
-            return Ok(out);
+            return Ok(());
         }
         token_in = token_out;
         first = false;
@@ -101,4 +110,76 @@ pub fn delete<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> 
         }
     }
     Ok(deleted)
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// `struct { map_fd; key; value / next_key; flags }` of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn bpf_elem(cmd: libc::c_long, attr: &mut ElemAttr) -> io::Result<()> {
+    // SAFETY: attr is a valid bpf_attr prefix for the element commands and lives
+    // across the call; the pointers in it point at buffers of the map's sizes.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut ElemAttr, size_of::<ElemAttr>() as u32) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// As [`for_each_chunk`] for kernels without batch reads (before 5.6): key by
+/// key (two syscalls an entry), in batches of [`CHUNK`]. Entries deleted between
+/// the key walk and the lookup are skipped.
+pub fn for_each_chunk_by_key<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>, mut f: impl FnMut(&[K], &[V])) -> io::Result<()> {
+    let mut keys: Vec<K> = Vec::with_capacity(CHUNK);
+    let mut values: Vec<V> = Vec::with_capacity(CHUNK);
+    let mut key = std::mem::MaybeUninit::<K>::zeroed();
+    let mut next = std::mem::MaybeUninit::<K>::zeroed();
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let mut first = true;
+    loop {
+        let mut attr = ElemAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            value: next.as_mut_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        match bpf_elem(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+        let mut attr =
+            ElemAttr { map_fd: fd.as_raw_fd() as u32, key: key.as_ptr() as u64, value: value.as_mut_ptr() as u64, ..ElemAttr::default() };
+        match bpf_elem(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            // SAFETY: the kernel wrote a key and a value of the map's sizes (Pod).
+            Ok(()) => unsafe {
+                keys.push(key.assume_init());
+                values.push(value.assume_init());
+            },
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        }
+        if keys.len() == CHUNK {
+            f(&keys, &values);
+            keys.clear();
+            values.clear();
+        }
+    }
+    if !keys.is_empty() {
+        f(&keys, &values);
+    }
+    Ok(())
 }

@@ -152,28 +152,21 @@ impl Datapath {
     }
 
     /// Every live flow. The table changes while it is read: a flow created or
-    /// evicted meanwhile may be missing, none appears twice.
+    /// evicted meanwhile may be missing, none appears twice. Holds the whole
+    /// table in memory (168 B a flow): walks that can work a batch at a time use
+    /// [`FlowTable::for_each_chunk`].
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, BpfError> {
-        if let Some(data) = self.flows_map_data() {
-            match super::batch::lookup_all::<FlowKey, Flow>(data.fd().as_fd()) {
-                Ok(all) => return Ok(all),
-                // Kernels before 5.6: walk key by key below.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return Err(BpfError::Map { map: MAP_FLOWS, source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "BPF_MAP_LOOKUP_BATCH", io_error: e }) }),
-            }
-        }
-        let map: HashMap<&MapData, FlowKey, Flow> =
-            HashMap::try_from(self.map_data(MAP_FLOWS)?).map_err(map_err(MAP_FLOWS))?;
         let mut out = Vec::new();
-        for entry in map.iter() {
-            match entry {
-                Ok(kv) => out.push(kv),
-                // Evicted between the key walk and the lookup: not an error.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(MAP_FLOWS)(e)),
-            }
-        }
+        self.flow_table()?.for_each_chunk(|k, v| out.extend(k.iter().copied().zip(v.iter().copied())))?;
         Ok(out)
+    }
+
+    /// A handle on the flow table that needs no lock on the `Datapath`: the
+    /// daemon walks the table with it while punts and control requests go on.
+    pub fn flow_table(&self) -> Result<FlowTable, BpfError> {
+        let data = self.flows_map_data().ok_or(BpfError::Missing { kind: "map", name: MAP_FLOWS })?;
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| flows_err("dup", e))?;
+        Ok(FlowTable { fd })
     }
 
     fn flows_map_data(&self) -> Option<&MapData> {
@@ -185,11 +178,7 @@ impl Datapath {
 
     /// Delete flows from the table (ended, exported); returns how many went.
     pub fn delete_flows(&mut self, keys: &[FlowKey]) -> Result<usize, BpfError> {
-        let data = self.flows_map_data().ok_or(BpfError::Missing { kind: "map", name: MAP_FLOWS })?;
-        super::batch::delete(data.fd().as_fd(), keys).map_err(|e| BpfError::Map {
-            map: MAP_FLOWS,
-            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "BPF_MAP_DELETE_BATCH", io_error: e }),
-        })
+        self.flow_table()?.delete(keys)
     }
 
     /// Flow-table statistics, summed over CPUs.
@@ -200,6 +189,36 @@ impl Datapath {
         let mut sum = FlowStats::default();
         values.iter().for_each(|v| sum.add(v));
         Ok(sum)
+    }
+}
+
+fn flows_err(call: &'static str, io_error: std::io::Error) -> BpfError {
+    BpfError::Map { map: MAP_FLOWS, source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error }) }
+}
+
+/// The flow table through its own file descriptor (a dup: the map lives while
+/// either the `Datapath` or this handle does).
+pub struct FlowTable {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl FlowTable {
+    /// Every live flow, a batch (at most [`super::batch::CHUNK`]) at a time, in
+    /// one reused buffer: the memory of a walk does not grow with the table.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&[FlowKey], &[Flow])) -> Result<(), BpfError> {
+        match super::batch::for_each_chunk::<FlowKey, Flow>(self.fd.as_fd(), &mut f) {
+            Ok(()) => Ok(()),
+            // Kernels before 5.6 have no batch reads: key by key.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                super::batch::for_each_chunk_by_key::<FlowKey, Flow>(self.fd.as_fd(), f).map_err(|e| flows_err("BPF_MAP_GET_NEXT_KEY", e))
+            }
+            Err(e) => Err(flows_err("BPF_MAP_LOOKUP_BATCH", e)),
+        }
+    }
+
+    /// Delete flows (ended, exported); returns how many went.
+    pub fn delete(&self, keys: &[FlowKey]) -> Result<usize, BpfError> {
+        super::batch::delete(self.fd.as_fd(), keys).map_err(|e| flows_err("BPF_MAP_DELETE_BATCH", e))
     }
 }
 

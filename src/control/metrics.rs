@@ -24,9 +24,11 @@
 //! - Labels are bounded: class and uplink names come from the config, providers
 //!   from the catalog, sources and directions are fixed sets. No addresses.
 
-use std::collections::HashSet;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,19 +72,30 @@ fn ttfb_histogram() -> Histogram {
     Histogram::new(TTFB_BUCKETS)
 }
 
-/// A flow's identity across scrapes: its 5-tuple.
-type FlowId = (IpAddr, u16, IpAddr, u16, String);
+/// A flow's identity across scrapes: a 64-bit hash of its 5-tuple (random
+/// keys), 8 bytes a flow instead of the tuple with its protocol name. Two live
+/// flows with one hash (odds about 2^-34 among 100k) would share one
+/// observation.
+fn flow_id(state: &RandomState, f: &FlowInfo) -> u64 {
+    state.hash_one((f.client, f.client_port, f.remote, f.remote_port, f.proto.as_str()))
+}
 
-fn flow_id(f: &FlowInfo) -> FlowId {
-    (f.client, f.client_port, f.remote, f.remote_port, f.proto.clone())
+/// Per observed flow: the last scrape that found it, and what it gave.
+#[derive(Clone, Copy)]
+struct Observed {
+    scrape: u32,
+    rtt: bool,
+    ttfb: bool,
 }
 
 /// The state that makes latency histograms cumulative across scrapes.
 struct Latency {
     rtt: HistogramFamily,
     ttfb: HistogramFamily,
-    rtt_seen: HashSet<FlowId>,
-    ttfb_seen: HashSet<FlowId>,
+    /// Flows with a value observed, while they live.
+    seen: HashMap<u64, Observed>,
+    state: RandomState,
+    scrape: u32,
 }
 
 impl Latency {
@@ -90,28 +103,71 @@ impl Latency {
         Latency {
             rtt: Family::new_with_constructor(rtt_histogram as fn() -> Histogram),
             ttfb: Family::new_with_constructor(ttfb_histogram as fn() -> Histogram),
-            rtt_seen: HashSet::new(),
-            ttfb_seen: HashSet::new(),
+            seen: HashMap::new(),
+            state: RandomState::new(),
+            scrape: 0,
         }
     }
 
-    /// Observe every flow whose value is known and was not observed yet; forget
-    /// flows that are gone (so the memory is bounded by the flow table).
+    /// A scrape's walk over the flows starts.
+    fn begin(&mut self) {
+        self.scrape = self.scrape.wrapping_add(1);
+    }
+
+    /// Observe every flow whose value is known and was not observed yet.
     fn observe(&mut self, flows: &[FlowInfo]) {
-        let live: HashSet<FlowId> = flows.iter().map(flow_id).collect();
-        self.rtt_seen.retain(|id| live.contains(id));
-        self.ttfb_seen.retain(|id| live.contains(id));
         for f in flows {
-            let labels = vec![("provider", provider_label(f))];
-            if let Some(us) = f.handshake_rtt_us {
-                if self.rtt_seen.insert(flow_id(f)) {
-                    self.rtt.get_or_create(&labels).observe(us as f64 / 1e6);
-                }
+            let id = flow_id(&self.state, f);
+            let known = f.handshake_rtt_us.is_some() || f.ttfb_us.is_some();
+            let o = match self.seen.get_mut(&id) {
+                Some(o) => o,
+                None if known => self.seen.entry(id).or_insert(Observed { scrape: self.scrape, rtt: false, ttfb: false }),
+                None => continue,
+            };
+            o.scrape = self.scrape;
+            let labels = || vec![("provider", provider_label(f))];
+            if let (Some(us), false) = (f.handshake_rtt_us, o.rtt) {
+                o.rtt = true;
+                self.rtt.get_or_create(&labels()).observe(us as f64 / 1e6);
             }
-            if let Some(us) = f.ttfb_us {
-                if self.ttfb_seen.insert(flow_id(f)) {
-                    self.ttfb.get_or_create(&labels).observe(us as f64 / 1e6);
-                }
+            if let (Some(us), false) = (f.ttfb_us, o.ttfb) {
+                o.ttfb = true;
+                self.ttfb.get_or_create(&labels()).observe(us as f64 / 1e6);
+            }
+        }
+    }
+
+    /// The walk is complete: forget flows that are gone (so the memory is
+    /// bounded by the flow table).
+    fn end(&mut self) {
+        let scrape = self.scrape;
+        self.seen.retain(|_, o| o.scrape == scrape);
+    }
+}
+
+/// The live-flow gauges' sums, added up a batch of flows at a time.
+#[derive(Default)]
+struct LiveSums {
+    /// (class, provider, source) → flows.
+    flows: HashMap<(String, String, String), i64>,
+    /// (class, provider, direction) → (bytes, packets).
+    carried: HashMap<(String, String, &'static str), (i64, i64)>,
+    /// provider → streaming flows.
+    streaming: HashMap<String, i64>,
+}
+
+impl LiveSums {
+    fn add(&mut self, flows: &[FlowInfo]) {
+        for f in flows {
+            let (class, provider) = (class_label(f), provider_label(f));
+            *self.flows.entry((class.clone(), provider.clone(), source_label(f))).or_default() += 1;
+            for (dir, b, p) in [("upload", f.up_bytes, f.up_packets), ("download", f.down_bytes, f.down_packets)] {
+                let sum = self.carried.entry((class.clone(), provider.clone(), dir)).or_default();
+                sum.0 += b as i64;
+                sum.1 += p as i64;
+            }
+            if f.streaming {
+                *self.streaming.entry(provider).or_default() += 1;
             }
         }
     }
@@ -129,14 +185,38 @@ impl Default for Exporter {
     }
 }
 
+/// What [`Exporter::render_walk`]'s walk hands each batch of live flows to.
+pub type FlowSink<'a> = dyn FnMut(&[FlowInfo]) + 'a;
+
 impl Exporter {
     /// The OpenMetrics text for this snapshot; flows with a handshake RTT or
     /// TTFB not seen by an earlier call are added to the histograms.
     pub fn render(&self, status: &Status, flows: &[FlowInfo]) -> String {
+        let walk = |add: &mut FlowSink<'_>| -> Result<(), std::convert::Infallible> {
+            add(flows);
+            Ok(())
+        };
+        match self.render_walk(status, walk) {
+            Ok(text) => text,
+            Err(never) => match never {},
+        }
+    }
+
+    /// As [`Exporter::render`], with the live flows handed over by `walk` a
+    /// batch at a time (the daemon walks the flow table, never holding all of
+    /// it): the scrape's memory is a batch and the sums, whatever the number
+    /// of flows. A failed walk renders nothing.
+    pub fn render_walk<E>(&self, status: &Status, walk: impl FnOnce(&mut FlowSink<'_>) -> Result<(), E>) -> Result<String, E> {
         let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        latency.observe(flows);
+        let mut sums = LiveSums::default();
+        latency.begin();
+        walk(&mut |flows: &[FlowInfo]| {
+            latency.observe(flows);
+            sums.add(flows);
+        })?;
+        latency.end();
         let mut registry = Registry::with_prefix("inferlane");
-        snapshot_metrics(&mut registry, status, flows);
+        snapshot_metrics(&mut registry, status, &sums);
         registry.register_with_unit(
             "flow_handshake_rtt",
             "Provider-side TCP handshake round trip (client SYN to server SYN-ACK at the router), one observation per flow",
@@ -151,7 +231,7 @@ impl Exporter {
         );
         let mut out = String::new();
         encode(&mut out, &registry).expect("writing to a String does not fail");
-        out
+        Ok(out)
     }
 }
 
@@ -218,7 +298,7 @@ fn l2(k1: &'static str, v1: &str, k2: &'static str, v2: &str) -> Labels {
     vec![(k1, v1.to_string()), (k2, v2.to_string())]
 }
 
-fn snapshot_metrics(r: &mut Registry, s: &Status, flows: &[FlowInfo]) {
+fn snapshot_metrics(r: &mut Registry, s: &Status, sums: &LiveSums) {
     gauges(r, "build_info", "Version and mode of the running daemon (always 1)", None)
         .get_or_create(&l2("version", &s.version, "mode", &s.mode))
         .set(1);
@@ -343,17 +423,16 @@ fn snapshot_metrics(r: &mut Registry, s: &Status, flows: &[FlowInfo]) {
     let lbytes = gauges(r, "live_flow", "Bytes carried so far by the flows live now (not a counter: drops when flows end)", Some(Unit::Bytes));
     let lpackets = gauges(r, "live_flow_packets", "Packets carried so far by the flows live now (drops when flows end)", None);
     let streaming = gauges(r, "live_streaming_flows", "Live flows that look like token streams, by provider", None);
-    for f in flows {
-        let (class, provider) = (class_label(f), provider_label(f));
-        live.get_or_create(&vec![("class", class.clone()), ("provider", provider.clone()), ("source", source_label(f))]).inc();
-        for (dir, b, p) in [("upload", f.up_bytes, f.up_packets), ("download", f.down_bytes, f.down_packets)] {
-            let labels = vec![("class", class.clone()), ("provider", provider.clone()), ("direction", dir.to_string())];
-            lbytes.get_or_create(&labels).inc_by(b as i64);
-            lpackets.get_or_create(&labels).inc_by(p as i64);
-        }
-        if f.streaming {
-            streaming.get_or_create(&l1("provider", &provider)).inc();
-        }
+    for ((class, provider, source), n) in &sums.flows {
+        live.get_or_create(&vec![("class", class.clone()), ("provider", provider.clone()), ("source", source.clone())]).set(*n);
+    }
+    for ((class, provider, dir), (b, p)) in &sums.carried {
+        let labels = vec![("class", class.clone()), ("provider", provider.clone()), ("direction", dir.to_string())];
+        lbytes.get_or_create(&labels).set(*b);
+        lpackets.get_or_create(&labels).set(*p);
+    }
+    for (provider, n) in &sums.streaming {
+        streaming.get_or_create(&l1("provider", provider)).set(*n);
     }
 }
 

@@ -25,6 +25,11 @@ pub enum Request {
     Restart,
 }
 
+/// [`Response::Flows`] in JSON is this, the flows separated by commas, and
+/// [`FLOWS_JSON_END`]: the daemon writes it a batch of flows at a time.
+pub const FLOWS_JSON_START: &str = "{\"response\":\"flows\",\"flows\":[";
+pub const FLOWS_JSON_END: &str = "]}";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "lowercase")]
 pub enum Response {
@@ -293,5 +298,24 @@ fn human_ms(ms: u64) -> String {
         0..=59 => format!("{}.{:03}s", s, ms % 1000),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flows_answer_written_in_pieces_is_serde_s() {
+        let key = crate::bpf::abi::FlowKey { client_port: 40000u16.to_be(), proto: 6, family: 6, ..Default::default() };
+        let flow = crate::bpf::abi::Flow { up_packets: 3, down_bytes: 9000, ..Default::default() };
+        let config = crate::config::Config::default();
+        let a = flows::FlowInfo::from_entry(&key, &flow, 5, &config, &[]);
+        let b = flows::FlowInfo { name: Some("api.openai.com".into()), ..a.clone() };
+        for list in [vec![], vec![a.clone()], vec![a, b]] {
+            let pieces: Vec<String> = list.iter().map(|f| serde_json::to_string(f).unwrap()).collect();
+            let streamed = format!("{FLOWS_JSON_START}{}{FLOWS_JSON_END}", pieces.join(","));
+            assert_eq!(streamed, serde_json::to_string(&Response::Flows { flows: list }).unwrap());
+        }
     }
 }

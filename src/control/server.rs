@@ -14,7 +14,26 @@ use super::{ControlError, Request, Response};
 /// Answers one request; implemented by the daemon.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> Response;
+
+    /// The answer to [`Request::Flows`] as JSON text, handed to `out` a piece
+    /// at a time (`out` returns false when the client is gone: stop). The
+    /// pieces together are the one line `serde_json` would make of
+    /// [`Response::Flows`], without the newline. The default makes the whole
+    /// answer at once; the daemon's walks the flow table a batch at a time, so
+    /// that listing 100k flows costs one batch of memory, not all of them.
+    fn flows_json(&self, out: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), String> {
+        match self.handle(Request::Flows) {
+            Response::Error { message } => Err(message),
+            resp => {
+                out(serde_json::to_string(&resp).map_err(|e| e.to_string())?.as_bytes());
+                Ok(())
+            }
+        }
+    }
 }
+
+/// Pieces of a streamed answer waiting for the socket.
+const STREAM_QUEUE: usize = 2;
 
 /// A bound control socket. The socket file (and the directory, if we made it)
 /// is removed by [`ControlSocket::remove`].
@@ -113,6 +132,10 @@ async fn answer(stream: UnixStream, handler: Arc<dyn Handler>) {
         return;
     }
     let resp = match serde_json::from_str::<Request>(line.trim_end()) {
+        Ok(Request::Flows) => match stream_flows(&mut write, handler).await {
+            Ok(()) => return,
+            Err(message) => Response::Error { message },
+        },
         Ok(req) => handler.handle(req),
         Err(e) => Response::Error { message: format!("bad request: {e}") },
     };
@@ -122,6 +145,41 @@ async fn answer(stream: UnixStream, handler: Arc<dyn Handler>) {
     });
     out.push('\n');
     let _ = write.write_all(out.as_bytes()).await;
+}
+
+/// Writes the flows answer as the handler makes it (map reads are blocking:
+/// they run on a blocking thread, at most STREAM_QUEUE pieces ahead of the
+/// socket). An error before the first piece is returned, for an error answer;
+/// one after it cuts the line short, which the client reports.
+async fn stream_flows(write: &mut tokio::net::unix::OwnedWriteHalf, handler: Arc<dyn Handler>) -> Result<(), String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+    let producer = tokio::task::spawn_blocking(move || handler.flows_json(&mut |piece| tx.blocking_send(piece.to_vec()).is_ok()));
+    let mut sent = false;
+    while let Some(piece) = rx.recv().await {
+        sent = true;
+        if write.write_all(&piece).await.is_err() {
+            // The client is gone: dropping rx stops the producer at its next piece.
+            drop(rx);
+            let _ = producer.await;
+            return Ok(());
+        }
+    }
+    match producer.await {
+        Ok(Ok(())) => {
+            let _ = write.write_all(b"\n").await;
+            Ok(())
+        }
+        Ok(Err(message)) if !sent => Err(message),
+        Ok(Err(message)) => {
+            tracing::warn!(error = %message, "flows answer cut short");
+            Ok(())
+        }
+        Err(e) if !sent => Err(format!("flows: {e}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "flows answer cut short");
+            Ok(())
+        }
+    }
 }
 
 trait TakeLimit: tokio::io::AsyncRead + Sized {

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{Collector, EncoderOptions, ExportError, FlowRecord, FlowSummary};
-use crate::bpf::abi::{self, FlowKey};
+use crate::bpf::abi;
 use crate::classify::catalog::Catalog;
 use crate::config::{Config, Export};
-use crate::control::flows::{is_streaming, span_us};
 use crate::flow::Report;
 
 /// How often interface indexes are looked up again: an LTE modem that appears after
@@ -216,45 +215,43 @@ fn boot_ms(now_wall_ns: u64, now_mono_ns: u64) -> u64 {
 }
 
 fn summary(r: &Report, tables: &Tables, start_ms: u64, end_ms: u64) -> FlowSummary {
-    let (k, f): (&FlowKey, &abi::Flow) = (&r.key, &r.flow);
-    // The DSCP the upload was forwarded with: the one written, or the client's own.
-    let up_dscp = if f.dscp == abi::DSCP_KEEP { f.dscp_seen } else { f.dscp };
-    let wan_ifindex = usize::from(f.uplink).checked_sub(1).and_then(|i| tables.uplinks.get(i)).copied().unwrap_or(0);
-    let us = |v: Option<u64>| v.map_or(0, |v| v.min(u64::from(u32::MAX)) as u32);
+    let (k, a) = (&r.key, &r.attrs);
+    let wan_ifindex = usize::from(a.uplink).checked_sub(1).and_then(|i| tables.uplinks.get(i)).copied().unwrap_or(0);
     FlowSummary {
         client: abi::addr_from_bytes(k.client, k.family),
         remote: abi::addr_from_bytes(k.remote, k.family),
         client_port: u16::from_be(k.client_port),
         remote_port: u16::from_be(k.remote_port),
         protocol: k.proto,
-        up_tos: (up_dscp & 0x3f) << 2,
+        // The DSCP the upload was forwarded with (written, or the client's own).
+        up_tos: (a.up_dscp & 0x3f) << 2,
         // The datapath rewrites upload only; download goes out as it came in, with
         // the DSCP lan_egress last saw.
-        down_tos: (f.dscp_down & 0x3f) << 2,
-        up_tcp_flags: f.tcp_flags_up,
-        down_tcp_flags: f.tcp_flags_down,
+        down_tos: (a.dscp_down & 0x3f) << 2,
+        up_tcp_flags: a.tcp_flags_up,
+        down_tcp_flags: a.tcp_flags_down,
         up_octets: r.delta.up_bytes,
         up_packets: r.delta.up_packets,
         down_octets: r.delta.down_bytes,
         down_packets: r.delta.down_packets,
         start_ms,
         end_ms: end_ms.max(start_ms),
-        lan_ifindex: f.ifindex,
+        lan_ifindex: a.ifindex,
         wan_ifindex,
         end_reason: r.reason,
-        application_id: u32::from(f.provider_id),
-        class_id: f.class_id,
-        source: f.source,
-        handshake_rtt_us: us(span_us(f.syn_ns, f.synack_ns)),
-        ttfb_us: us(span_us(f.first_up_payload_ns, f.first_down_payload_ns)),
-        streaming: is_streaming(f),
+        application_id: u32::from(a.provider_id),
+        class_id: a.class_id,
+        source: a.source,
+        handshake_rtt_us: a.handshake_rtt_us,
+        ttfb_us: a.ttfb_us,
+        streaming: a.streaming,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::abi::Flow;
+    use crate::bpf::abi::{Flow, FlowKey};
     use crate::flow::Delta;
     use crate::export::EndReason;
 
@@ -290,7 +287,7 @@ mod tests {
         };
         Report {
             key,
-            flow,
+            attrs: crate::flow::FlowAttrs::of(&flow),
             delta: Delta { up_packets: 10, up_bytes: 1500, down_packets: 0, down_bytes: 0 },
             start_ns: 100 * S,
             end_ns: 102 * S + 500_000,
@@ -332,7 +329,7 @@ mod tests {
     #[test]
     fn the_download_carries_the_dscp_it_came_with() {
         let mut r = report(1, 34);
-        r.flow.dscp_down = 8; // CS1, as the server sent it
+        r.attrs.dscp_down = 8; // CS1, as the server sent it
         let s = summary(&r, &tables(), 1, 2);
         assert_eq!((s.up_tos, s.down_tos), (34 << 2, 8 << 2), "upload as rewritten, download as it came");
     }

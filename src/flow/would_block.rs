@@ -8,7 +8,7 @@
 //!
 //! Pure: the table comes in, the flows to log come out.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use crate::bpf::abi::{Flow, FlowKey, VERDICT_BLOCK};
 
@@ -24,28 +24,60 @@ pub struct WouldBlockScan {
     pub suppressed: usize,
 }
 
-/// The blocked flows already handled (logged or suppressed), while they live.
+/// The blocked flows already handled (logged or suppressed), while they live:
+/// each with the last scan that saw it in the table.
 #[derive(Debug, Default)]
 pub struct WouldBlock {
-    seen: HashSet<FlowKey>,
+    seen: HashMap<FlowKey, u32>,
+    epoch: u32,
 }
 
 impl WouldBlock {
+    /// One scan of the whole table at once.
     pub fn scan(&mut self, flows: &[(FlowKey, Flow)]) -> WouldBlockScan {
-        let live: HashSet<&FlowKey> = flows.iter().map(|(k, _)| k).collect();
-        self.seen.retain(|k| live.contains(k));
         let mut out = WouldBlockScan::default();
+        self.begin();
         for (k, f) in flows {
-            if f.verdict != VERDICT_BLOCK || !self.seen.insert(*k) {
-                continue;
-            }
-            if out.log.len() < MAX_PER_SCAN {
-                out.log.push((*k, *f));
-            } else {
-                out.suppressed += 1;
-            }
+            self.one(k, f, &mut out);
         }
+        self.end();
         out
+    }
+
+    /// A scan a batch at a time: `begin`, `chunk` for each batch, `end`.
+    pub fn begin(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    pub fn chunk(&mut self, keys: &[FlowKey], flows: &[Flow], out: &mut WouldBlockScan) {
+        for (k, f) in keys.iter().zip(flows) {
+            self.one(k, f, out);
+        }
+    }
+
+    /// Forgets the flows the scan did not find.
+    pub fn end(&mut self) {
+        let epoch = self.epoch;
+        self.seen.retain(|_, e| *e == epoch);
+    }
+
+    fn one(&mut self, k: &FlowKey, f: &Flow, out: &mut WouldBlockScan) {
+        if self.seen.is_empty() && f.verdict != VERDICT_BLOCK {
+            return;
+        }
+        if let Some(e) = self.seen.get_mut(k) {
+            *e = self.epoch;
+            return;
+        }
+        if f.verdict != VERDICT_BLOCK {
+            return;
+        }
+        self.seen.insert(*k, self.epoch);
+        if out.log.len() < MAX_PER_SCAN {
+            out.log.push((*k, *f));
+        } else {
+            out.suppressed += 1;
+        }
     }
 
     /// Blocked flows remembered (live and handled).
