@@ -67,6 +67,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// The path of `tool` on PATH, if any.
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
+}
+
 fn log(start: Instant, msg: impl AsRef<str>) {
     eprintln!("[{:6.1}s] {}", start.elapsed().as_secs_f64(), msg.as_ref());
 }
@@ -246,6 +251,12 @@ fn run() -> Result<()> {
     let bin = std::env::current_exe()?.parent().and_then(Path::parent).map(|d| d.join("inferlane")).ok_or_else(|| anyhow!("no target dir"))?;
     if !bin.is_file() {
         bail!("{} missing: cargo build --release first", bin.display());
+    }
+    // Without them the comparison would be written with an empty softflowd row.
+    for tool in ["softflowd", "trafgen"] {
+        if which(tool).is_none() {
+            bail!("{tool} not found: `make bench` installs it (Debian packages softflowd, netsniff-ng)");
+        }
     }
     let work = WorkDir::new("bench-export")?;
     let mut lab = Lab::build(&LabOptions::default())?;
