@@ -36,6 +36,9 @@ const SPORTS: (u16, u16) = (10_000, 60_000);
 const DPORTS: (u16, u16) = (20_000, 20_001);
 const FLOWS: u64 = 100_002;
 const FRAME_LEN: usize = 64;
+#[path = "common/mod.rs"]
+mod common;
+
 const COLLECTOR_PORT: u16 = 4739;
 
 struct Args {
@@ -134,20 +137,6 @@ fn send(lab: &mut Lab, cfg: &Path, packets: u64) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
-fn start_nfcapd(lab: &mut Lab, dir: &Path) -> Result<u32> {
-    std::fs::create_dir_all(dir)?;
-    let d = dir.display().to_string();
-    let pid = lab.spawn(Role::Router, "nfcapd", &["-b", "127.0.0.1", "-p", &COLLECTOR_PORT.to_string(), "-w", &d, "-t", "3600", "-B", "8388608"])?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.run(Role::Router, "ss", &["-Hlun", &format!("sport = :{COLLECTOR_PORT}")])?.trim().is_empty() {
-        if Instant::now() > deadline {
-            bail!("nfcapd did not bind");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(pid)
-}
-
 fn terminate(lab: &mut Lab, pid: u32) -> Result<()> {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
     lab.wait(pid, Duration::from_secs(30))?;
@@ -179,7 +168,7 @@ fn lan_rx(lab: &Lab) -> Result<u64> {
 fn inferlane_side(lab: &mut Lab, work: &WorkDir, bin: &Path, cfg: &Path, packets: u64, export: bool, start: Instant) -> Result<Side> {
     let tag = if export { "inferlane" } else { "inferlane-noexport" };
     let dir = work.path().join(tag);
-    let nfcapd = start_nfcapd(lab, &dir)?;
+    let nfcapd = common::start_nfcapd(lab, &dir, COLLECTOR_PORT)?;
     let socket = work.path().join("control.sock");
     let mut config = lab_config_base(&socket, "flow_table_size = 262144");
     if export {
@@ -271,7 +260,7 @@ fn run() -> Result<()> {
     // B: softflowd on the bare router.
     {
         let dir = work.path().join("softflowd");
-        let nfcapd = start_nfcapd(&mut lab, &dir)?;
+        let nfcapd = common::start_nfcapd(&mut lab, &dir, COLLECTOR_PORT)?;
         let ctl = work.path().join("softflowd.ctl");
         let pidfile = work.path().join("softflowd.pid");
         let sf = lab.spawn(

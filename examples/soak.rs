@@ -39,6 +39,9 @@ const DPORT_BASE: u16 = 20_000;
 const FLOWS: u64 = 100_002;
 /// TCP payload bytes: 64-byte IPv4 frames, 84-byte IPv6 frames.
 const PAYLOAD: usize = 10;
+#[path = "common/mod.rs"]
+mod common;
+
 const COLLECTOR_PORT: u16 = 4739;
 const TABLE_SIZE: u32 = 262_144;
 const METRICS: &str = "127.0.0.1:9464";
@@ -176,20 +179,6 @@ fn router_mac(lab: &Lab) -> Result<String> {
     v[0]["address"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no MAC on lan0"))
 }
 
-fn start_nfcapd(lab: &mut Lab, dir: &Path) -> Result<u32> {
-    std::fs::create_dir_all(dir)?;
-    let d = dir.display().to_string();
-    let pid = lab.spawn(Role::Router, "nfcapd", &["-b", "127.0.0.1", "-p", &COLLECTOR_PORT.to_string(), "-w", &d, "-t", "3600", "-B", "8388608"])?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.run(Role::Router, "ss", &["-Hlun", &format!("sport = :{COLLECTOR_PORT}")])?.trim().is_empty() {
-        if Instant::now() > deadline {
-            bail!("nfcapd did not bind");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(pid)
-}
-
 /// Flows and packets in the file nfcapd wrote in `dir`.
 fn collected(dir: &Path) -> Result<(u64, u64)> {
     let file = std::fs::read_dir(dir)?
@@ -279,7 +268,7 @@ fn run() -> Result<()> {
     let mut lab = Lab::build(&LabOptions::default())?;
     let mac = router_mac(&lab)?;
     let nfdir = work.path().join("nfcapd");
-    let nfcapd = start_nfcapd(&mut lab, &nfdir)?;
+    let nfcapd = common::start_nfcapd(&mut lab, &nfdir, COLLECTOR_PORT)?;
     let socket = work.path().join("control.sock");
     let config = lab_config_base(&socket, &format!("flow_table_size = {TABLE_SIZE}"))
         + &format!("\n[export]\ncollectors = [\"127.0.0.1:{COLLECTOR_PORT}\"]\nformat = \"ipfix\"\nactive_timeout = \"60s\"\ninactive_timeout = \"5s\"\n")
