@@ -307,7 +307,17 @@ fn random_loss_switches_at_most_once() {
         let switches: Vec<serde_json::Value> =
             status["switches"].as_array().unwrap().iter().filter(|s| s["uplink"] == "fiber").cloned().collect();
         eprintln!("{loss}% loss: fiber up={} loss_ratio={} switches={}", fiber["up"], fiber["health"]["loss_ratio"], switches.len());
-        assert!(fiber["health"]["loss_ratio"].as_f64().unwrap_or(0.0) > 0.0, "expected the probes to see the loss: {fiber}");
+        // Per probe, not per round: a round counts as lost only when none of its
+        // two probes is answered, which at 30 % loss both ways (about a quarter of
+        // the rounds) can leave the 20-odd rounds of a phase all answered by chance.
+        let h = &fiber["health"];
+        let (sent, received, probes) = (
+            h["probe_bytes_sent"].as_u64().unwrap_or(0),
+            h["probe_bytes_received"].as_u64().unwrap_or(0),
+            h["probes"].as_u64().unwrap_or(0).max(1),
+        );
+        let unanswered = sent.saturating_sub(received) / (sent / probes).max(1);
+        assert!(unanswered >= 3, "expected the probes to see the loss ({unanswered} probes unanswered): {fiber}");
         fiber_switches = switches;
     }
     assert!(fiber_switches.len() <= 1, "expected at most one switch of the fiber under intermittent loss, saw {fiber_switches:?}");

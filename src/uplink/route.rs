@@ -183,7 +183,6 @@ impl Routing {
 
     /// Delete rules and routes of ours that the installed uplinks do not want.
     async fn remove_unwanted(&self) -> Result<(), RouteError> {
-        let last_prio = self.rule_priority + RULES_PER_UPLINK * MAX_UPLINKS as u32;
         // (family is v6, priority, table, mark, suppress)
         let mut wanted_rules = Vec::new();
         for u in &self.uplinks {
@@ -192,48 +191,22 @@ impl Routing {
                 wanted_rules.push((v6, u.rule_priority + 1, u.table, u.mark, false));
             }
         }
-        for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = self
-                .handle
-                .rule()
-                .get(version.clone())
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|source| RouteError::Netlink { op: "list rules".into(), source })?;
-            for rule in rules {
-                let ours = rule.attributes.iter().any(|a| {
-                    matches!(a, RuleAttribute::Protocol(RouteProtocol::Other(p)) if *p == RTPROT_INFERLANE)
-                });
-                let mut prio = None;
-                let mut table = u32::from(rule.header.table);
-                let mut mark = 0;
-                let mut suppress = false;
-                for a in &rule.attributes {
-                    match a {
-                        RuleAttribute::Priority(p) => prio = Some(*p),
-                        RuleAttribute::Table(t) => table = *t,
-                        RuleAttribute::FwMark(m) => mark = *m,
-                        RuleAttribute::SuppressPrefixLen(0) => suppress = true,
-                        _ => {}
-                    }
-                }
-                if !ours || !prio.is_some_and(|p| (self.rule_priority..last_prio).contains(&p)) {
-                    continue;
-                }
-                let v6 = rule.header.family == AddressFamily::Inet6;
-                if wanted_rules.contains(&(v6, prio.unwrap_or(0), table, mark, suppress)) {
-                    continue;
-                }
-                match self.handle.rule().del(rule).execute().await {
-                    Ok(()) => {}
-                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => {}
-                    Err(source) => {
-                        return Err(RouteError::Netlink { op: format!("delete rule pref {prio:?}"), source })
-                    }
+        self.delete_our_rules(|rule, prio| {
+            let mut table = u32::from(rule.header.table);
+            let mut mark = 0;
+            let mut suppress = false;
+            for a in &rule.attributes {
+                match a {
+                    RuleAttribute::Table(t) => table = *t,
+                    RuleAttribute::FwMark(m) => mark = *m,
+                    RuleAttribute::SuppressPrefixLen(0) => suppress = true,
+                    _ => {}
                 }
             }
-        }
+            let v6 = rule.header.family == AddressFamily::Inet6;
+            !wanted_rules.contains(&(v6, prio, table, mark, suppress))
+        })
+        .await?;
         for i in 0..MAX_UPLINKS as u32 {
             let table = self.table_base + i;
             match self.uplinks.iter().find(|u| u.table == table) {
@@ -441,6 +414,16 @@ impl Routing {
     /// Delete every rule of ours (our protocol, our priority range) and every
     /// route of ours in our tables.
     async fn remove_ours(&self) -> Result<(), RouteError> {
+        self.delete_our_rules(|_, _| true).await?;
+        for i in 0..MAX_UPLINKS as u32 {
+            self.delete_routes_in(self.table_base + i).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the rules of ours (our protocol, our priority range), both
+    /// families, that `unwanted(rule, priority)` picks; one already gone is fine.
+    async fn delete_our_rules(&self, unwanted: impl Fn(&RuleMessage, u32) -> bool) -> Result<(), RouteError> {
         let last_prio = self.rule_priority + RULES_PER_UPLINK * MAX_UPLINKS as u32;
         for version in [IpVersion::V4, IpVersion::V6] {
             let rules: Vec<RuleMessage> = self
@@ -459,20 +442,16 @@ impl Routing {
                     RuleAttribute::Priority(p) => Some(*p),
                     _ => None,
                 });
-                if !ours || !prio.is_some_and(|p| (self.rule_priority..last_prio).contains(&p)) {
+                let Some(prio) = prio.filter(|p| ours && (self.rule_priority..last_prio).contains(p)) else { continue };
+                if !unwanted(&rule, prio) {
                     continue;
                 }
                 match self.handle.rule().del(rule).execute().await {
                     Ok(()) => {}
                     Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => {}
-                    Err(source) => {
-                        return Err(RouteError::Netlink { op: format!("delete rule pref {prio:?}"), source })
-                    }
+                    Err(source) => return Err(RouteError::Netlink { op: format!("delete rule pref {prio}"), source }),
                 }
             }
-        }
-        for i in 0..MAX_UPLINKS as u32 {
-            self.delete_routes_in(self.table_base + i).await?;
         }
         Ok(())
     }
