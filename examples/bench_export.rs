@@ -22,7 +22,7 @@
 //!   packets trafgen sent.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -143,24 +143,6 @@ fn terminate(lab: &mut Lab, pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Packets and flow records in the one file nfcapd wrote in `dir`.
-fn collected(dir: &Path) -> Result<(u64, u64)> {
-    let file: PathBuf = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("nfcapd.2"))
-        .ok_or_else(|| anyhow!("no nfcapd file in {}", dir.display()))?;
-    let out = Command::new("nfdump").arg("-r").arg(&file).arg("-I").output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let get = |k: &str| -> Result<u64> {
-        text.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split(':').nth(1))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| anyhow!("no {k} in nfdump -I:\n{text}"))
-    };
-    Ok((get("Packets")?, get("Flows")?))
-}
-
 fn lan_rx(lab: &Lab) -> Result<u64> {
     Ok(lab.link_stats(Role::Router, addr::ROUTER_LAN_IF)?.rx_packets)
 }
@@ -205,7 +187,12 @@ fn inferlane_side(lab: &mut Lab, work: &WorkDir, bin: &Path, cfg: &Path, packets
     }
     std::thread::sleep(Duration::from_secs(1));
     terminate(lab, nfcapd)?;
-    let (seen, records) = if export { collected(&dir)? } else { (0, 0) };
+    let (seen, records) = if export {
+        let c = common::collected(&dir)?;
+        (c.packets, c.flows)
+    } else {
+        (0, 0)
+    };
     log(start, format!("{tag}: sent in {send_time:?}, lan0 got {}, process {} ms, eBPF {} ms over {} runs, seen {seen}", r1 - r0, (c1 - c0) / 1_000_000, (b1.0 - b0.0) / 1_000_000, b1.1 - b0.1));
     Ok(Side {
         name: if export { "inferlane, IPFIX export" } else { "inferlane, no [export] (flow scan only)" },
@@ -289,7 +276,8 @@ fn run() -> Result<()> {
         }
         std::thread::sleep(Duration::from_secs(1));
         terminate(&mut lab, nfcapd)?;
-        let (seen, records) = collected(&dir)?;
+        let c = common::collected(&dir)?;
+        let (seen, records) = (c.packets, c.flows);
         log(start, format!("softflowd: sent in {send_time:?}, process {} ms, seen {seen}", (c1 - c0) / 1_000_000));
         sides.push(Side { name: "softflowd, IPFIX export", sent: args.packets, received: r1 - r0, send_time, process_ns: c1 - c0, bpf_ns: 0, seen, records });
     }

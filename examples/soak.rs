@@ -179,24 +179,6 @@ fn router_mac(lab: &Lab) -> Result<String> {
     v[0]["address"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no MAC on lan0"))
 }
 
-/// Flows and packets in the file nfcapd wrote in `dir`.
-fn collected(dir: &Path) -> Result<(u64, u64)> {
-    let file = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("nfcapd.2")))
-        .ok_or_else(|| anyhow!("no nfcapd file in {}", dir.display()))?;
-    let out = Command::new("nfdump").arg("-r").arg(&file).arg("-I").output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let get = |k: &str| -> Result<u64> {
-        text.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split(':').nth(1))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| anyhow!("no {k} in nfdump -I:\n{text}"))
-    };
-    Ok((get("Flows")?, get("Packets")?))
-}
-
 /// One sample of the time series.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -389,7 +371,7 @@ fn run() -> Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(nfcapd as i32), nix::sys::signal::Signal::SIGTERM);
     lab.wait(nfcapd, Duration::from_secs(30))?;
-    let (nf_flows, nf_packets) = collected(&nfdir)?;
+    let common::Collected { flows: nf_flows, packets: nf_packets } = common::collected(&nfdir)?;
     drop(lab);
 
     if let Some(path) = &args.samples {
