@@ -316,6 +316,13 @@ impl Drop for PinGuard {
     }
 }
 
+/// Nothing of the daemons whose programs are `ids` left in the lab (pins, state
+/// file, routing, qdiscs, programs): `when` says after what.
+fn assert_nothing_left(lab: &Lab, socket: &Path, ids: &[u32], when: &str) {
+    let left = scenario::leftovers(lab, socket, ids);
+    assert!(left.is_empty(), "left behind {when}: {left:?}");
+}
+
 fn status_of(d: &DaemonProcess) -> Status {
     d.status().unwrap_or_else(|e| panic!("expected the daemon to answer status: {e}\nlog:\n{}", d.log_text()))
 }
@@ -447,8 +454,7 @@ fn handover_under_traffic_loses_nothing_and_exports_each_packet_once() {
 
     let mut ids = a_ids.clone();
     ids.extend(b_ids);
-    let left = scenario::leftovers(&lab, &socket, &ids);
-    assert!(left.is_empty(), "left behind after the successor's clean stop: {left:?}");
+    assert_nothing_left(&lab, &socket, &ids, "after the successor's clean stop");
     lab.teardown().unwrap();
 }
 
@@ -531,8 +537,7 @@ fn sigkill_under_traffic_fails_open_and_the_next_start_adopts() {
     assert!(exit.success(), "exit {exit}; log:\n{}", b.log_text());
     let mut ids = a_ids;
     ids.extend(b_ids);
-    let left = scenario::leftovers(&lab, &socket, &ids);
-    assert!(left.is_empty(), "left behind after the clean stop: {left:?}");
+    assert_nothing_left(&lab, &socket, &ids, "after the clean stop");
 }
 
 #[test]
@@ -583,8 +588,7 @@ fn pins_of_another_flow_table_size_are_discarded_with_the_reason() {
     let mut ids = a_ids;
     ids.extend(b_ids);
     ids.extend(c_ids);
-    let left = scenario::leftovers(&lab, &socket, &ids);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_nothing_left(&lab, &socket, &ids, "after the clean stop");
 }
 
 #[test]
@@ -637,8 +641,7 @@ fn a_handover_to_another_flow_table_size_keeps_the_programs_attached_and_starts_
     let mut ids = a_ids;
     ids.extend(scenario::prog_ids(&status_of(&b)));
     assert!(b.stop(Duration::from_secs(15)).unwrap().success(), "log:\n{}", b.log_text());
-    let left = scenario::leftovers(&lab, &socket, &ids);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_nothing_left(&lab, &socket, &ids, "after the clean stop");
 }
 
 /// `systemctl restart` sends SIGTERM, like `systemctl stop`: the daemon asks
@@ -671,8 +674,7 @@ fn sigterm_hands_over_only_when_systemds_job_is_a_restart() {
     assert!(!asked.is_empty(), "the daemon did not ask systemd for its job at SIGTERM; log:\n{}", a.log_text());
     assert_eq!(asked[0].0, "/org/freedesktop/systemd1/unit/inferlane_2eservice", "{asked:?}");
     assert!(a.log_text().contains("job=Some(\"stop\")"), "log:\n{}", a.log_text());
-    let left = scenario::leftovers(&lab, &socket, &ids);
-    assert!(left.is_empty(), "left behind after a clean stop: {left:?}");
+    assert_nothing_left(&lab, &socket, &ids, "after a clean stop");
     std::fs::remove_file(&bus).unwrap();
 
     // systemctl restart: a restart job.
@@ -690,8 +692,7 @@ fn sigterm_hands_over_only_when_systemds_job_is_a_restart() {
     ids.extend(scenario::prog_ids(&st));
     // Outside systemd SIGTERM is a clean stop, as before.
     assert!(b.stop(Duration::from_secs(15)).unwrap().success(), "log:\n{}", b.log_text());
-    let left = scenario::leftovers(&lab, &socket, &ids);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_nothing_left(&lab, &socket, &ids, "after the clean stop");
 }
 
 /// Reload under traffic (issue 8: "reload with valid and invalid configs under
@@ -770,7 +771,6 @@ fn reload_under_traffic_applies_a_valid_config_and_refuses_an_invalid_one_withou
     assert!(gap < MAX_GAP, "largest inter-arrival gap {gap:?}, expected below {MAX_GAP:?}");
     let exit = daemon.stop(Duration::from_secs(15)).unwrap();
     assert!(exit.success(), "exit {exit}; log:\n{}", daemon.log_text());
-    let left = scenario::leftovers(&lab, &socket, &ids);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_nothing_left(&lab, &socket, &ids, "after the clean stop");
     lab.teardown().unwrap();
 }

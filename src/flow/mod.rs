@@ -294,12 +294,21 @@ impl FlowTracker {
     /// One pass over the table's contents `flows` at `now_ns`, all at once (the
     /// daemon uses [`FlowTracker::pass`], a batch at a time).
     pub fn scan(&mut self, now_ns: u64, flows: &[(FlowKey, Flow)], table_size: u32) -> Scan {
+        self.scan_in_chunks(now_ns, flows, table_size, flows.len().max(1))
+    }
+
+    /// As [`FlowTracker::scan`], feeding the pass `chunk` flows at a time and
+    /// taking each batch's reports and deletions out before the next, as the
+    /// daemon does.
+    fn scan_in_chunks(&mut self, now_ns: u64, flows: &[(FlowKey, Flow)], table_size: u32, chunk: usize) -> Scan {
         let mut out = Scan::default();
-        let (keys, values): (Vec<FlowKey>, Vec<Flow>) = flows.iter().copied().unzip();
         let mut pass = self.pass(now_ns);
-        pass.chunk(&keys, &values);
-        out.reports.append(&mut pass.reports);
-        out.delete.append(&mut pass.delete);
+        for c in flows.chunks(chunk) {
+            let (keys, values): (Vec<FlowKey>, Vec<Flow>) = c.iter().copied().unzip();
+            pass.chunk(&keys, &values);
+            out.reports.append(&mut pass.reports);
+            out.delete.append(&mut pass.delete);
+        }
         out.vanished = pass.finish(table_size, |r, d| {
             out.reports.append(r);
             out.delete.append(d);
@@ -684,24 +693,6 @@ mod tests {
         assert_eq!(rest[0].delta.up_packets, 1);
     }
 
-    /// The daemon's way: the table a batch at a time, each batch's reports and
-    /// deletions taken out before the next.
-    fn scan_in_chunks(tr: &mut FlowTracker, now: u64, flows: &[(FlowKey, Flow)], size: u32, chunk: usize) -> Scan {
-        let mut out = Scan::default();
-        let mut pass = tr.pass(now);
-        for c in flows.chunks(chunk) {
-            let (k, v): (Vec<FlowKey>, Vec<Flow>) = c.iter().copied().unzip();
-            pass.chunk(&k, &v);
-            out.reports.append(&mut pass.reports);
-            out.delete.append(&mut pass.delete);
-        }
-        out.vanished = pass.finish(size, |r, d| {
-            out.reports.append(r);
-            out.delete.append(d);
-        });
-        out
-    }
-
     #[test]
     fn a_scan_in_batches_decides_as_one_over_the_whole_table() {
         let (mut whole, mut batched) = (FlowTracker::new(t()), FlowTracker::new(t()));
@@ -722,7 +713,7 @@ mod tests {
         };
         for sec in [1, 2, 20, 21, 90, 200] {
             let mut a = whole.scan(sec * S, &table(sec), 300);
-            let mut b = scan_in_chunks(&mut batched, sec * S, &table(sec), 300, 16);
+            let mut b = batched.scan_in_chunks(sec * S, &table(sec), 300, 16);
             // Vanished flows come in the tracker's (hash) order.
             for s in [&mut a, &mut b] {
                 s.reports.sort_by_key(|r| (r.key.client_port, r.key.proto, r.reason as u8));

@@ -220,57 +220,30 @@ impl Routing {
     /// Routes of ours in `u`'s table other than its defaults and unreachables
     /// (a gateway that changed while no daemon ran).
     async fn delete_unwanted_routes(&self, u: &UplinkRoutes) -> Result<(), RouteError> {
-        for v6 in [false, true] {
-            let filter = if v6 {
-                RouteMessageBuilder::<Ipv6Addr>::new().table_id(u.table).build()
-            } else {
-                RouteMessageBuilder::<Ipv4Addr>::new().table_id(u.table).build()
-            };
-            let routes: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(filter)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|source| RouteError::Netlink { op: format!("list routes of table {}", u.table), source })?;
-            for route in routes {
-                if route_table(&route) != u.table || route.header.protocol != RouteProtocol::Other(RTPROT_INFERLANE) {
-                    continue;
-                }
-                let gateway = route.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
-                    RouteAttribute::Gateway(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
-                    _ => None,
-                });
-                let oif = route.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    _ => None,
-                });
-                let default = route.header.destination_prefix_length == 0;
-                let wanted = default
-                    && match route.header.kind {
-                        RouteType::Unreachable => true,
-                        RouteType::Unicast => match gateway {
-                            Some(IpAddr::V4(g)) => u.gateway4 == Some(g) && oif == Some(u.ifindex),
-                            Some(IpAddr::V6(g)) => u.gateway6 == Some(g) && oif == Some(u.ifindex),
-                            None => u.direct && oif == Some(u.ifindex),
-                        },
-                        _ => false,
-                    };
-                if wanted {
-                    continue;
-                }
-                match self.handle.route().del(route).execute().await {
-                    Ok(()) => {}
-                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH || e.raw_code() == -libc::ENOENT => {}
-                    Err(source) => {
-                        return Err(RouteError::Netlink { op: format!("delete route in table {}", u.table), source })
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.delete_our_routes_in(u.table, |route| {
+            let gateway = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                _ => None,
+            });
+            let oif = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            let default = route.header.destination_prefix_length == 0;
+            let wanted = default
+                && match route.header.kind {
+                    RouteType::Unreachable => true,
+                    RouteType::Unicast => match gateway {
+                        Some(IpAddr::V4(g)) => u.gateway4 == Some(g) && oif == Some(u.ifindex),
+                        Some(IpAddr::V6(g)) => u.gateway6 == Some(g) && oif == Some(u.ifindex),
+                        None => u.direct && oif == Some(u.ifindex),
+                    },
+                    _ => false,
+                };
+            !wanted
+        })
+        .await
     }
 
     /// Gateways from the main table's default routes through the interface
@@ -457,6 +430,12 @@ impl Routing {
     }
 
     async fn delete_routes_in(&self, table: u32) -> Result<(), RouteError> {
+        self.delete_our_routes_in(table, |_| true).await
+    }
+
+    /// Deletes the routes of ours in `table`, both families, that `unwanted`
+    /// picks; one already gone is fine.
+    async fn delete_our_routes_in(&self, table: u32, unwanted: impl Fn(&RouteMessage) -> bool) -> Result<(), RouteError> {
         for v6 in [false, true] {
             let filter = if v6 {
                 RouteMessageBuilder::<Ipv6Addr>::new().table_id(table).build()
@@ -472,7 +451,10 @@ impl Routing {
                 .await
                 .map_err(|source| RouteError::Netlink { op: format!("list routes of table {table}"), source })?;
             for route in routes {
-                if route_table(&route) != table || route.header.protocol != RouteProtocol::Other(RTPROT_INFERLANE) {
+                if route_table(&route) != table
+                    || route.header.protocol != RouteProtocol::Other(RTPROT_INFERLANE)
+                    || !unwanted(&route)
+                {
                     continue;
                 }
                 match self.handle.route().del(route).execute().await {
