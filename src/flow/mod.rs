@@ -34,7 +34,7 @@ use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use crate::bpf::abi::{self, Flow, FlowKey};
-use table::Tracked;
+use table::{Hashed, Tracked};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
@@ -234,6 +234,9 @@ pub struct FlowTracker {
 
 /// Reports and deletions handed out at a time by [`Pass::finish`].
 const BATCH: usize = 4096;
+/// How many keys ahead of its lookup a scan prefetches a key's lines: enough
+/// to cover a memory access (~100 ns here) with the work of the keys between.
+const PREFETCH_AHEAD: usize = 8;
 
 /// The pressure order: longest idle first, ties broken by the key (ports,
 /// addresses, protocol; family and padding make it the whole key).
@@ -395,10 +398,21 @@ impl Pass<'_> {
         let now_ns = self.now_ns;
         let ns = |d: Duration| d.as_nanos() as u64;
         let reported_before = self.reports.len();
-        for (key, f) in keys.iter().zip(flows) {
+        // Hashes first, then lookups with the tracker's lines requested
+        // PREFETCH_AHEAD keys early: the kernel hands the table in its own
+        // order, so every lookup lands on a cold line (perf, bench_export at
+        // 100k flows: lookups were 30 % of the daemon's CPU).
+        let hashed: Vec<Hashed> = keys.iter().map(|k| self.tracker.seen.hashed(k)).collect();
+        for h in hashed.iter().take(PREFETCH_AHEAD) {
+            self.tracker.seen.prefetch(h);
+        }
+        for (i, (key, f)) in keys.iter().zip(flows).enumerate() {
+            if let Some(ahead) = hashed.get(i + PREFETCH_AHEAD) {
+                self.tracker.seen.prefetch(ahead);
+            }
             self.entries += 1;
             let now_counters = Delta::of(f);
-            let seen = self.tracker.seen.get_or_insert_with(key, || Seen {
+            let seen = self.tracker.seen.get_or_insert_hashed(key, &hashed[i], || Seen {
                 base: Delta::default(),
                 last: now_counters,
                 start_ns: f.first_ns,
