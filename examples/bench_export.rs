@@ -6,20 +6,28 @@
 //! Method (also written into BENCHMARKS.md):
 //! - One lab (`Lab::build`). trafgen (netsniff-ng) in the `lan` namespace sends a fixed
 //!   number of 64-byte frames (IPv4/UDP) to the router's `lan0` as fast as it can, over
-//!   100,002 distinct 5-tuples (source ports 10000–60000 and destination ports
-//!   20000–20001 advancing together), as bench_forwarding does.
-//! - A: inferlane runs on the router, exporting IPFIX to nfcapd on the router's
-//!   127.0.0.1 (active timeout 10 s, inactive 5 s). CPU = the daemon process's user +
-//!   system time (/proc/PID/stat) from just before the traffic to after its stop (which
-//!   exports everything in flight) + the run time of its eBPF programs
-//!   (BPF_ENABLE_STATS, the switch behind kernel.bpf_stats_enabled, held by a file
-//!   descriptor for the whole run).
-//! - B: no inferlane; softflowd on `lan0` (`-m 262144` flows, the same timeouts),
-//!   exporting IPFIX to nfcapd. CPU = softflowd's user + system time; the kernel's copy
-//!   of each packet to its packet socket is not in it (softirq time is nobody's), so
-//!   softflowd's figure is a lower bound.
+//!   998 distinct 5-tuples (about the reference lab's 1,000) and then over
+//!   100,002 (source ports 10000–60000 and destination ports 20000–20001 advancing
+//!   together, as bench_forwarding does).
+//! - Five configurations, alternated in every round (`--rounds`, default 3), medians
+//!   quoted, at 998 and at 100,002 flows (`--flows`): forwarding alone (no
+//!   exporter); forwarding with an XDP program that only passes on lan0 (what XDP on a
+//!   veth costs by itself); inferlane exporting IPFIX to nfcapd on the
+//!   router's 127.0.0.1 (active timeout 10 s, inactive 5 s); inferlane with no
+//!   `[export]` (its flow scan alone); softflowd on `lan0` (`-m 262144` flows, the same
+//!   timeouts) exporting IPFIX to nfcapd.
+//! - Two CPU figures per exporter. As the issue defines it: the process's user +
+//!   system time (/proc/PID/stat) from just before the traffic until it exits after its
+//!   stop (which exports everything in flight), plus for inferlane the run time of its
+//!   eBPF programs (BPF_ENABLE_STATS held for the inferlane runs). softflowd's packet
+//!   socket copies run in softirq and are in nobody's process time, so that figure is a
+//!   lower bound for softflowd. And the whole machine's: busy time of all CPUs
+//!   (/proc/stat: user, nice, system, irq, softirq) over the same window, less the
+//!   machine's background rate (measured idle before the rounds), less what forwarding
+//!   alone costs per packet in the same round: what each exporter adds, wherever the
+//!   kernel accounts it.
 //! - Packets seen: the packets in the records nfcapd stored (nfdump -I) out of the
-//!   packets trafgen sent.
+//!   packets the router's lan0 received.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -32,9 +40,42 @@ use inferlane::lab::{addr, Lab, LabOptions, Role};
 
 const COMMAND: &str = "cargo run --release --example bench_export -- --write BENCHMARKS.md";
 const SECTION: &str = "## Flow export CPU";
-const SPORTS: (u16, u16) = (10_000, 60_000);
-const DPORTS: (u16, u16) = (20_000, 20_001);
-const FLOWS: u64 = 100_002;
+
+/// The traffic's 5-tuples: source ports and destination ports advance together
+/// (trafgen's dinc), so consecutive packets belong to different flows.
+#[derive(Clone, Copy)]
+enum FlowSet {
+    /// 998 flows (499 source ports x 2 destination ports, coprime), about the
+    /// 1,000 of the reference lab's softflowd figure (DESIGN.md): the flow
+    /// state stays in the caches.
+    Small,
+    /// 100,002 flows (50,001 source ports x 2 destination ports, coprime):
+    /// every packet looks up a flow no cache holds.
+    Large,
+}
+
+impl FlowSet {
+    fn sports(self) -> (u16, u16) {
+        match self {
+            FlowSet::Small => (10_000, 10_498),
+            FlowSet::Large => (10_000, 60_000),
+        }
+    }
+
+    fn dports(self) -> (u16, u16) {
+        match self {
+            FlowSet::Small => (20_000, 20_001),
+            FlowSet::Large => (20_000, 20_001),
+        }
+    }
+
+    fn count(self) -> u64 {
+        match self {
+            FlowSet::Small => 998,
+            FlowSet::Large => 100_002,
+        }
+    }
+}
 const FRAME_LEN: usize = 64;
 #[path = "common/mod.rs"]
 mod common;
@@ -44,17 +85,28 @@ const COLLECTOR_PORT: u16 = 4739;
 struct Args {
     write: Option<String>,
     packets: u64,
+    rounds: usize,
+    flows: Vec<FlowSet>,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { write: None, packets: 6_000_000 };
+    let mut a = Args { write: None, packets: 4_000_000, rounds: 3, flows: vec![FlowSet::Small, FlowSet::Large] };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow!("{arg} needs a value"));
         match arg.as_str() {
             "--write" => a.write = Some(value()?),
             "--packets" => a.packets = value()?.parse().context("--packets")?,
-            _ => bail!("bench_export [--write FILE] [--packets N (6000000)]"),
+            "--rounds" => a.rounds = value()?.parse().context("--rounds")?,
+            "--flows" => {
+                a.flows = match value()?.as_str() {
+                    "998" => vec![FlowSet::Small],
+                    "100002" => vec![FlowSet::Large],
+                    "both" => vec![FlowSet::Small, FlowSet::Large],
+                    other => bail!("--flows {other}: 998, 100002 or both"),
+                }
+            }
+            _ => bail!("bench_export [--write FILE] [--packets N (4000000)] [--rounds N (3)] [--flows 998|100002|both (both)]"),
         }
     }
     Ok(a)
@@ -90,6 +142,37 @@ fn cpu_ns(pid: u32) -> Result<u64> {
     Ok(ticks * 1_000_000_000 / hz)
 }
 
+/// Busy time of all CPUs since boot, in ns: /proc/stat's user, nice, system,
+/// irq and softirq (not idle, iowait or steal). Softirq work the kernel runs on
+/// a process's behalf is in it whoever it is charged to.
+fn machine_busy_ns() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
+    let line = stat.lines().next().filter(|l| l.starts_with("cpu ")).ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
+    let f: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+    let ticks: u64 = [0, 1, 2, 5, 6].iter().map(|&i| f.get(i).copied().unwrap_or(0)).sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as u64;
+    Ok(ticks * 1_000_000_000 / hz)
+}
+
+/// The machine's busy time over a window, less its background rate (busy ns per
+/// ns, measured with no traffic).
+struct Machine {
+    background: f64,
+    t0: Instant,
+    busy0: u64,
+}
+
+impl Machine {
+    fn start(background: f64) -> Result<Machine> {
+        Ok(Machine { background, t0: Instant::now(), busy0: machine_busy_ns()? })
+    }
+
+    fn stop(&self) -> Result<u64> {
+        let busy = machine_busy_ns()?.saturating_sub(self.busy0) as f64;
+        Ok((busy - self.background * self.t0.elapsed().as_nanos() as f64).max(0.0) as u64)
+    }
+}
+
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rfind(')').is_some_and(|i| s[i + 2..].starts_with('Z')))
@@ -104,15 +187,16 @@ fn bpf_run_ns(ids: &[u32]) -> (u64, u64) {
         .fold((0, 0), |(t, c), p| (t + p.run_time().as_nanos() as u64, c + p.run_count()))
 }
 
-fn trafgen_config(router_mac: &str) -> String {
+fn trafgen_config(router_mac: &str, flows: FlowSet) -> String {
+    let (sports, dports) = (flows.sports(), flows.dports());
     let payload = FRAME_LEN - 14 - 20 - 8;
     format!(
         "{{\n\teth(da={router_mac}, type=0x0800),\n\tipv4(saddr={src}, daddr={dst}, ttl=64),\n\
          \tudp(sp=dinc({}, {}), dp=dinc({}, {})),\n\tfill(0x00, {payload})\n}}\n",
-        SPORTS.0,
-        SPORTS.1,
-        DPORTS.0,
-        DPORTS.1,
+        sports.0,
+        sports.1,
+        dports.0,
+        dports.1,
         src = addr::LAN_CLIENT_V4.addr,
         dst = addr::SERVER_V4,
     )
@@ -147,9 +231,9 @@ fn lan_rx(lab: &Lab) -> Result<u64> {
     Ok(lab.link_stats(Role::Router, addr::ROUTER_LAN_IF)?.rx_packets)
 }
 
-fn inferlane_side(lab: &mut Lab, work: &WorkDir, bin: &Path, cfg: &Path, packets: u64, export: bool, start: Instant) -> Result<Side> {
+fn inferlane_side(lab: &mut Lab, work: &WorkDir, bin: &Path, cfg: &Path, packets: u64, export: bool, background: f64, start: Instant) -> Result<Side> {
     let tag = if export { "inferlane" } else { "inferlane-noexport" };
-    let dir = work.path().join(tag);
+    let dir = work.path().join(format!("{tag}-{}", start.elapsed().as_millis()));
     let nfcapd = common::start_nfcapd(lab, &dir, COLLECTOR_PORT)?;
     let socket = work.path().join("control.sock");
     let mut config = lab_config_base(&socket, "flow_table_size = 262144");
@@ -164,6 +248,7 @@ fn inferlane_side(lab: &mut Lab, work: &WorkDir, bin: &Path, cfg: &Path, packets
     let ids: Vec<u32> = daemon.status()?.interfaces.iter().flat_map(|i| i.prog_ids.all()).filter(|&id| id != 0).collect();
     log(start, format!("{tag} pid {pid}, programs {ids:?}; sending {packets} packets"));
     let (c0, b0, r0) = (cpu_ns(pid)?, bpf_run_ns(&ids), lan_rx(lab)?);
+    let machine = Machine::start(background)?;
     let send_time = send(lab, cfg, packets)?;
     std::thread::sleep(Duration::from_secs(2));
     let (b1, r1) = (bpf_run_ns(&ids), lan_rx(lab)?);
@@ -181,6 +266,7 @@ fn inferlane_side(lab: &mut Lab, work: &WorkDir, bin: &Path, cfg: &Path, packets
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    let system_ns = machine.stop()?;
     let _ = daemon.stop(Duration::from_secs(30));
     for line in daemon.log_text().lines().filter(|l| l.contains("WARN")) {
         log(start, format!("{tag} daemon: {line}"));
@@ -193,18 +279,105 @@ fn inferlane_side(lab: &mut Lab, work: &WorkDir, bin: &Path, cfg: &Path, packets
     } else {
         (0, 0)
     };
-    log(start, format!("{tag}: sent in {send_time:?}, lan0 got {}, process {} ms, eBPF {} ms over {} runs, seen {seen}", r1 - r0, (c1 - c0) / 1_000_000, (b1.0 - b0.0) / 1_000_000, b1.1 - b0.1));
+    log(start, format!("{tag}: sent in {send_time:?}, lan0 got {}, process {} ms, eBPF {} ms over {} runs, machine {} ms, seen {seen}", r1 - r0, (c1 - c0) / 1_000_000, (b1.0 - b0.0) / 1_000_000, b1.1 - b0.1, system_ns / 1_000_000));
     Ok(Side {
-        name: if export { "inferlane, IPFIX export" } else { "inferlane, no [export] (flow scan only)" },
+        name: if export { INFERLANE } else { INFERLANE_SCAN },
         sent: packets,
         received: r1 - r0,
         send_time,
         process_ns: c1 - c0,
         bpf_ns: b1.0 - b0.0,
+        system_ns,
         seen,
         records,
     })
 }
+
+/// An XDP program that passes every frame: attached alone to lan0, it shows
+/// what XDP on a veth costs the kernel before any program work.
+const XDP_PASS_C: &str = "/* No headers: they need the multiarch include path. 2 = XDP_PASS. */\n\
+struct xdp_md;\n\
+__attribute__((section(\"xdp\"), used)) int pass(struct xdp_md *ctx) { return 2; }\n\
+__attribute__((section(\"license\"), used)) char LICENSE[] = \"GPL\";\n";
+
+fn xdp_pass_object(work: &WorkDir) -> Result<std::path::PathBuf> {
+    let src = work.path().join("xdp_pass.c");
+    let obj = work.path().join("xdp_pass.o");
+    std::fs::write(&src, XDP_PASS_C)?;
+    let out = Command::new("clang").args(["-O2", "-g", "-target", "bpf", "-c"]).arg(&src).arg("-o").arg(&obj).output().context("clang")?;
+    if !out.status.success() {
+        bail!("clang xdp_pass.c: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(obj)
+}
+
+/// Forwarding with only XDP_PASS on lan0 (native mode, as the daemon attaches
+/// it on a veth); detached afterwards whatever happened.
+fn xdp_pass_side(lab: &mut Lab, cfg: &Path, obj: &Path, packets: u64, background: f64, start: Instant) -> Result<Side> {
+    let obj = obj.display().to_string();
+    lab.run(Role::Router, "ip", &["link", "set", "dev", addr::ROUTER_LAN_IF, "xdpdrv", "obj", &obj, "sec", "xdp"])?;
+    let side = forwarding_side(lab, cfg, packets, background, start, XDP_PASS);
+    let detach = lab.run(Role::Router, "ip", &["link", "set", "dev", addr::ROUTER_LAN_IF, "xdpdrv", "off"]);
+    let side = side?;
+    detach?;
+    Ok(side)
+}
+
+/// Forwarding alone: what the machine spends on the traffic with no exporter.
+fn forwarding_side(lab: &mut Lab, cfg: &Path, packets: u64, background: f64, start: Instant, name: &'static str) -> Result<Side> {
+    let r0 = lan_rx(lab)?;
+    let machine = Machine::start(background)?;
+    let send_time = send(lab, cfg, packets)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let system_ns = machine.stop()?;
+    let r1 = lan_rx(lab)?;
+    log(start, format!("{name}: sent in {send_time:?}, lan0 got {}, machine {} ms", r1 - r0, system_ns / 1_000_000));
+    Ok(Side { name, sent: packets, received: r1 - r0, send_time, process_ns: 0, bpf_ns: 0, system_ns, seen: 0, records: 0 })
+}
+
+fn softflowd_side(lab: &mut Lab, work: &WorkDir, cfg: &Path, packets: u64, background: f64, start: Instant) -> Result<Side> {
+    let dir = work.path().join(format!("softflowd-{}", start.elapsed().as_millis()));
+    let nfcapd = common::start_nfcapd(lab, &dir, COLLECTOR_PORT)?;
+    let ctl = work.path().join("softflowd.ctl");
+    let pidfile = work.path().join("softflowd.pid");
+    let sf = lab.spawn(
+        Role::Router,
+        "softflowd",
+        &[
+            "-d", "-i", addr::ROUTER_LAN_IF, "-n", &format!("127.0.0.1:{COLLECTOR_PORT}"), "-v", "10", "-m", "262144",
+            "-t", "maxlife=10", "-t", "udp=5", "-t", "general=5", "-c", &ctl.display().to_string(), "-p", &pidfile.display().to_string(),
+        ],
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (c0, r0) = (cpu_ns(sf)?, lan_rx(lab)?);
+    log(start, format!("softflowd pid {sf}; sending {packets} packets"));
+    let machine = Machine::start(background)?;
+    let send_time = send(lab, cfg, packets)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let r1 = lan_rx(lab)?;
+    // softflowd expires and exports every flow on SIGTERM.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sf as i32), nix::sys::signal::Signal::SIGTERM);
+    let mut c1 = c0;
+    while let Ok(c) = cpu_ns(sf) {
+        c1 = c;
+        std::thread::sleep(Duration::from_millis(5));
+        if lab.wait(sf, Duration::ZERO).is_ok() {
+            break;
+        }
+    }
+    let system_ns = machine.stop()?;
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(lab, nfcapd)?;
+    let c = common::collected(&dir)?;
+    log(start, format!("softflowd: sent in {send_time:?}, process {} ms, machine {} ms, seen {}", (c1 - c0) / 1_000_000, system_ns / 1_000_000, c.packets));
+    Ok(Side { name: SOFTFLOWD, sent: packets, received: r1 - r0, send_time, process_ns: c1 - c0, bpf_ns: 0, system_ns, seen: c.packets, records: c.flows })
+}
+
+const FORWARDING: &str = "forwarding alone (no exporter)";
+const XDP_PASS: &str = "forwarding, XDP_PASS on lan0 (no exporter)";
+const INFERLANE: &str = "inferlane, IPFIX export";
+const INFERLANE_SCAN: &str = "inferlane, no [export] (flow scan only)";
+const SOFTFLOWD: &str = "softflowd, IPFIX export";
 
 struct Side {
     name: &'static str,
@@ -214,8 +387,29 @@ struct Side {
     send_time: Duration,
     process_ns: u64,
     bpf_ns: u64,
+    /// The whole machine's busy time over the run, less its background.
+    system_ns: u64,
     seen: u64,
     records: u64,
+}
+
+impl Side {
+    fn per_m(&self, ns: u64) -> f64 {
+        ns as f64 / 1e6 / (self.received as f64 / 1e6)
+    }
+
+    /// Process + eBPF CPU per million packets received (ms): the issue's figure.
+    fn own(&self) -> f64 {
+        self.per_m(self.process_ns + self.bpf_ns)
+    }
+
+    fn machine(&self) -> f64 {
+        self.per_m(self.system_ns)
+    }
+
+    fn seen_share(&self) -> f64 {
+        self.seen as f64 / self.received as f64
+    }
 }
 
 fn run() -> Result<()> {
@@ -237,109 +431,150 @@ fn run() -> Result<()> {
     let work = WorkDir::new("bench-export")?;
     let mut lab = Lab::build(&LabOptions::default())?;
     let cfg = work.path().join("trafgen.cfg");
-    std::fs::write(&cfg, trafgen_config(&router_mac(&lab)?))?;
-    let mut sides = Vec::new();
-
-    // A: inferlane exporting; A0: inferlane with no [export] (the flow scan alone).
-    sides.push(inferlane_side(&mut lab, &work, &bin, &cfg, args.packets, true, start)?);
-    sides.push(inferlane_side(&mut lab, &work, &bin, &cfg, args.packets, false, start)?);
-
-    // B: softflowd on the bare router.
-    {
-        let dir = work.path().join("softflowd");
-        let nfcapd = common::start_nfcapd(&mut lab, &dir, COLLECTOR_PORT)?;
-        let ctl = work.path().join("softflowd.ctl");
-        let pidfile = work.path().join("softflowd.pid");
-        let sf = lab.spawn(
-            Role::Router,
-            "softflowd",
-            &[
-                "-d", "-i", addr::ROUTER_LAN_IF, "-n", &format!("127.0.0.1:{COLLECTOR_PORT}"), "-v", "10", "-m", "262144",
-                "-t", "maxlife=10", "-t", "udp=5", "-t", "general=5", "-c", &ctl.display().to_string(), "-p", &pidfile.display().to_string(),
-            ],
-        )?;
-        std::thread::sleep(Duration::from_secs(1));
-        let (c0, r0) = (cpu_ns(sf)?, lan_rx(&lab)?);
-        log(start, format!("softflowd pid {sf}; sending {} packets", args.packets));
-        let send_time = send(&mut lab, &cfg, args.packets)?;
-        std::thread::sleep(Duration::from_secs(2));
-        let r1 = lan_rx(&lab)?;
-        // softflowd expires and exports every flow on SIGTERM.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sf as i32), nix::sys::signal::Signal::SIGTERM);
-        let mut c1 = c0;
-        while let Ok(c) = cpu_ns(sf) {
-            c1 = c;
-            std::thread::sleep(Duration::from_millis(5));
-            if lab.wait(sf, Duration::ZERO).is_ok() {
-                break;
-            }
+    let xdp_pass = xdp_pass_object(&work)?;
+    // The machine's own background (no traffic), subtracted from every window.
+    let idle = Machine::start(0.0)?;
+    std::thread::sleep(Duration::from_secs(5));
+    let background = idle.stop()? as f64 / idle.t0.elapsed().as_nanos() as f64;
+    log(start, format!("background: {:.1} % of one CPU", background * 100.0));
+    for &flows in &args.flows {
+        std::fs::write(&cfg, trafgen_config(&router_mac(&lab)?, flows))?;
+        let mut rounds = Vec::new();
+        for round in 1..=args.rounds {
+            log(start, format!("{} flows: round {round} of {}", flows.count(), args.rounds));
+            rounds.push(vec![
+                forwarding_side(&mut lab, &cfg, args.packets, background, start, FORWARDING)?,
+                xdp_pass_side(&mut lab, &cfg, &xdp_pass, args.packets, background, start)?,
+                inferlane_side(&mut lab, &work, &bin, &cfg, args.packets, true, background, start)?,
+                inferlane_side(&mut lab, &work, &bin, &cfg, args.packets, false, background, start)?,
+                softflowd_side(&mut lab, &work, &cfg, args.packets, background, start)?,
+            ]);
         }
-        std::thread::sleep(Duration::from_secs(1));
-        terminate(&mut lab, nfcapd)?;
-        let c = common::collected(&dir)?;
-        let (seen, records) = (c.packets, c.flows);
-        log(start, format!("softflowd: sent in {send_time:?}, process {} ms, seen {seen}", (c1 - c0) / 1_000_000));
-        sides.push(Side { name: "softflowd, IPFIX export", sent: args.packets, received: r1 - r0, send_time, process_ns: c1 - c0, bpf_ns: 0, seen, records });
-    }
-
-    let section = render(&sides);
-    print!("{section}");
-    if let Some(path) = &args.write {
-        write_section(path, &section)?;
-        log(start, format!("wrote {path}"));
+        let section = render(&rounds, background, flows);
+        print!("{section}");
+        if let Some(path) = &args.write {
+            write_section(path, &heading(flows), &section)?;
+            log(start, format!("wrote {path}"));
+        }
     }
     Ok(())
 }
 
-fn render(sides: &[Side]) -> String {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn heading(flows: FlowSet) -> String {
+    format!("{SECTION} (lab router, 64-byte UDP, {} flows)", flows.count())
+}
+
+fn render(rounds: &[Vec<Side>], background: f64, flows: FlowSet) -> String {
     let mut o = String::new();
     let kernel = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
     let sf_version = Command::new("softflowd").arg("-h").output().map(|o| {
         let t = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
         t.lines().next().unwrap_or("").trim().to_owned()
     }).unwrap_or_default();
-    let _ = writeln!(o, "{SECTION} (lab router, 64-byte UDP, {FLOWS} flows)\n");
-    let _ = writeln!(o, "Command: `{COMMAND}` (as root; `make bench` runs it). Kernel {kernel}, {} CPUs; {sf_version}.\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let packets = rounds.first().and_then(|r| r.first()).map_or(0, |s| s.sent);
+    let _ = writeln!(o, "{}\n", heading(flows));
     let _ = writeln!(
         o,
-        "trafgen sends a fixed number of 64-byte IPv4/UDP frames to the router's lan0 over {FLOWS} 5-tuples, as fast as \
-         the lab goes. inferlane: the daemon exporting IPFIX to nfcapd on the router's 127.0.0.1 (active 10 s, inactive 5 s); \
-         CPU = daemon user+system time from before the traffic until it exits after its stop (which exports everything \
-         in flight) + eBPF run time of its programs (BPF_ENABLE_STATS on for the whole run). softflowd: on lan0 of the \
-         same router with no inferlane, `-m 262144 -t maxlife=10 -t udp=5 -v 10`, exporting to nfcapd; CPU = its user+system \
-         time until it exits after SIGTERM (which exports everything). The kernel's copy of each packet to softflowd's \
-         packet socket runs in softirq and is not in its figure: softflowd's cost is a lower bound. Packets seen = packets \
-         in the records nfcapd stored (nfdump -I) / packets the router's lan0 received (rx_packets; trafgen's \
-         excess is dropped before it). A third run, inferlane with no `[export]`, separates the daemon's \
-         flow-table scan (once a second, whole table) from the export proper. One run of each.\n"
+        "Command: `{COMMAND}` (as root; `make bench` runs it). Kernel {kernel}, {} CPUs; {sf_version}. {} rounds of {packets} packets per configuration, configurations alternated in every round; medians quoted.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        rounds.len()
     );
-    let _ = writeln!(o, "| configuration | packets sent | received by lan0 | rate received (pps) | process CPU (ms) | eBPF CPU (ms) | CPU per million packets received (ms) | packets seen | records |");
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
-    for s in sides {
-        let total = (s.process_ns + s.bpf_ns) as f64 / 1e6;
+    let _ = writeln!(
+        o,
+        "trafgen sends a fixed number of 64-byte IPv4/UDP frames to the router's lan0 over {} 5-tuples, as fast as \
+         the lab goes (one blocking send per frame; the generator and the whole packet path share one CPU, so the rate is \
+         the lab's, not the exporters'). inferlane: the daemon exporting IPFIX to nfcapd on the router's 127.0.0.1 (active \
+         10 s, inactive 5 s). softflowd: on lan0 of the same router with no inferlane, `-m 262144 -t maxlife=10 -t udp=5 \
+         -v 10`, exporting to nfcapd. A run of inferlane with no `[export]` separates its flow-table scan from the export \
+         proper, and forwarding with an XDP program that only returns XDP_PASS on lan0 (native mode, as the daemon \
+         attaches its own on a veth) shows what XDP on a veth costs before any program work.\n\n\
+         Two CPU figures, per million packets lan0 received. **Process + eBPF** (the issue's definition): the exporter \
+         process's user+system time from before the traffic until it exits after its stop (which exports everything in \
+         flight), plus for inferlane the run time of its eBPF programs (BPF_ENABLE_STATS on during its runs; the \
+         statistics' own clock reads are in that figure). softflowd's packet socket copies run in softirq, in no process's \
+         time: for softflowd this is a lower bound. **Machine, added**: the busy time of all CPUs (/proc/stat user, nice, \
+         system, irq, softirq) over the same window, less the machine's background ({:.1} % of one CPU, measured idle \
+         before the rounds), less what forwarding alone cost per packet in the same round: what each exporter adds \
+         wherever the kernel accounts it. For inferlane it includes the statistics' clock reads and what XDP on a veth \
+         costs the kernel (the frame is copied into a page-pool buffer before the program runs; a NIC driver with native \
+         XDP does not do that). Packets seen = packets in the records nfcapd stored (nfdump -I) / packets lan0 received.\n",
+        flows.count(),
+        background * 100.0
+    );
+    let names = [FORWARDING, XDP_PASS, INFERLANE, INFERLANE_SCAN, SOFTFLOWD];
+    let of = |name: &str| -> Vec<(&Side, &Side)> {
+        rounds.iter().filter_map(|r| Some((r.iter().find(|s| s.name == FORWARDING)?, r.iter().find(|s| s.name == name)?))).collect()
+    };
+    let added = |name: &str| median(of(name).iter().map(|(f, s)| s.machine() - f.machine()).collect());
+    let own = |name: &str| median(of(name).iter().map(|(_, s)| s.own()).collect());
+    let _ = writeln!(o, "| configuration | rate received (pps) | process (ms/M) | eBPF (ms/M) | process + eBPF (ms/M) | machine (ms/M) | machine, added over forwarding (ms/M) | packets seen |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+    for name in names {
+        let sides = of(name);
+        let m = |f: &dyn Fn(&Side) -> f64| median(sides.iter().map(|(_, s)| f(s)).collect());
+        let exporter = name != FORWARDING && name != XDP_PASS;
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {} |",
-            s.name,
-            s.sent,
-            s.received,
-            s.received as f64 / s.send_time.as_secs_f64(),
-            s.process_ns as f64 / 1e6,
-            s.bpf_ns as f64 / 1e6,
-            total / (s.received as f64 / 1e6),
-            if s.name.contains("no [export]") { "-".to_string() } else { format!("{:.3}% ({})", s.seen as f64 * 100.0 / s.received as f64, s.seen) },
-            s.records
+            "| {name} | {:.0} | {} | {} | {} | {:.0} | {} | {} |",
+            m(&|s| s.received as f64 / s.send_time.as_secs_f64()),
+            if exporter { format!("{:.0}", m(&|s| s.per_m(s.process_ns))) } else { "-".into() },
+            if exporter { format!("{:.0}", m(&|s| s.per_m(s.bpf_ns))) } else { "-".into() },
+            if exporter { format!("{:.0}", own(name)) } else { "-".into() },
+            m(&|s| s.machine()),
+            if name != FORWARDING { format!("{:.0}", added(name)) } else { "-".into() },
+            if name == INFERLANE || name == SOFTFLOWD { format!("{:.2} %", m(&|s| s.seen_share() * 100.0)) } else { "-".into() },
         );
     }
-    if let [a, _, b] = sides {
-        let ca = (a.process_ns + a.bpf_ns) as f64 / a.received as f64;
-        let cb = (b.process_ns + b.bpf_ns) as f64 / b.received as f64;
-        let _ = writeln!(o, "\nsoftflowd / inferlane CPU per packet: {:.1}× (budget ≥ 10×).\n", cb / ca);
+    let _ = writeln!(o, "\nPer round (ms per million packets; machine added = machine less forwarding alone's in the same round):\n");
+    let _ = writeln!(o, "| round | forwarding: machine | XDP_PASS: machine added | inferlane: process + eBPF, machine added | no export: process + eBPF, machine added | softflowd: process, machine added | inferlane seen | softflowd seen |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+    for (i, r) in rounds.iter().enumerate() {
+        let get = |name: &str| r.iter().find(|s| s.name == name);
+        if let (Some(f), Some(x), Some(a), Some(n), Some(b)) = (get(FORWARDING), get(XDP_PASS), get(INFERLANE), get(INFERLANE_SCAN), get(SOFTFLOWD)) {
+            let _ = writeln!(
+                o,
+                "| {} | {:.0} | {:.0} | {:.0}, {:.0} | {:.0}, {:.0} | {:.0}, {:.0} | {:.2} % ({} records) | {:.2} % ({} records) |",
+                i + 1,
+                f.machine(),
+                x.machine() - f.machine(),
+                a.own(),
+                a.machine() - f.machine(),
+                n.own(),
+                n.machine() - f.machine(),
+                b.own(),
+                b.machine() - f.machine(),
+                a.seen_share() * 100.0,
+                a.records,
+                b.seen_share() * 100.0,
+                b.records,
+            );
+        }
     }
+    let (oa, ob) = (own(INFERLANE), own(SOFTFLOWD));
+    let (ma, mb) = (added(INFERLANE), added(SOFTFLOWD));
+    let veth = added(XDP_PASS);
+    let _ = writeln!(
+        o,
+        "\nsoftflowd / inferlane, CPU per packet received (ratio of the medians; budget ≥ 10×): process + eBPF {:.2}×; \
+         machine, added over forwarding {:.2}×; machine, added over forwarding with XDP_PASS on lan0 (inferlane without \
+         what XDP on a veth costs) {:.2}×.\n",
+        ob / oa,
+        mb / ma,
+        mb / (ma - veth)
+    );
     o
 }
 
-fn write_section(path: &str, section: &str) -> Result<()> {
-    inferlane::lab::scenario::write_bench_section(std::path::Path::new(path), SECTION, section)
+fn write_section(path: &str, heading: &str, section: &str) -> Result<()> {
+    inferlane::lab::scenario::write_bench_section(std::path::Path::new(path), heading, section)
         .with_context(|| format!("write {path}"))
 }

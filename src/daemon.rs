@@ -831,8 +831,6 @@ fn flow_timeouts(config: &Config) -> crate::flow::Timeouts {
     t
 }
 
-/// How often the flow table is scanned for ended flows.
-const FLOW_SCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often paced export messages are let out while some wait (the bucket of
 /// `export::sender::BURST` refills within it at the default pace).
 const EXPORT_PUMP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
@@ -840,11 +838,12 @@ const EXPORT_PUMP_INTERVAL: std::time::Duration = std::time::Duration::from_mill
 /// default flow table (~3,400 messages) takes 0.34 s at the default pace.
 const EXPORT_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Scan the flow table every second: report ended flows, then delete them. At
-/// stop, everything still unreported is reported (forced end).
+/// Scan the flow table every second (less often when it is big, see
+/// `flow::Timeouts::next_scan`): report ended flows, then delete them. At stop,
+/// everything still unreported is reported (forced end).
 async fn flow_lifecycle(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(FLOW_SCAN_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let next = tokio::time::sleep(crate::flow::SCAN_INTERVAL);
+    tokio::pin!(next);
     // Paced export (export::sender): while messages wait, let them out every
     // EXPORT_PUMP_INTERVAL; otherwise this timer stays quiet.
     let mut pump = tokio::time::interval(EXPORT_PUMP_INTERVAL);
@@ -853,9 +852,10 @@ async fn flow_lifecycle(state: Arc<State>, mut shutdown: watch::Receiver<bool>) 
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = tick.tick() => {
+            _ = &mut next => {
                 let st = state.clone();
-                let _ = tokio::task::spawn_blocking(move || st.scan_flows()).await;
+                let delay = tokio::task::spawn_blocking(move || st.scan_flows()).await.unwrap_or(crate::flow::SCAN_INTERVAL);
+                next.as_mut().reset(tokio::time::Instant::now() + delay);
                 waiting = state.pump_export();
             }
             _ = pump.tick(), if waiting > 0 => waiting = state.pump_export(),
@@ -885,8 +885,10 @@ async fn flow_lifecycle(state: Arc<State>, mut shutdown: watch::Receiver<bool>) 
 impl State {
     /// One scan, a batch of the table at a time: each batch's ended flows are
     /// exported, then deleted, before the next batch is read, so the scan's
-    /// memory is one batch whatever the table's size.
-    fn scan_flows(&self) {
+    /// memory is one batch whatever the table's size. Returns how long to wait
+    /// before the next.
+    fn scan_flows(&self) -> std::time::Duration {
+        let began = std::time::Instant::now();
         let now = monotonic_ns();
         let (table, size) = {
             let dp = self.datapath();
@@ -894,7 +896,7 @@ impl State {
                 Ok(t) => (t, dp.flow_table_size()),
                 Err(e) => {
                     tracing::warn!(error = %e, "flow table scan");
-                    return;
+                    return crate::flow::SCAN_INTERVAL;
                 }
             }
         };
@@ -916,9 +918,11 @@ impl State {
         if let Err(e) = walk {
             // The flows not reached stay as they were; the next scan goes on.
             tracing::warn!(error = %e, "flow table scan");
-            return;
+            return crate::flow::SCAN_INTERVAL;
         }
+        let pressed = pass.pressed(size);
         let vanished = pass.finish(size, |reports, delete| self.report_and_delete(&table, reports, delete));
+        let timeouts = tracker.timeouts();
         drop(tracker);
         if observe {
             would_block.end();
@@ -929,6 +933,7 @@ impl State {
             tracing::warn!(flows = vanished, "flows evicted by the kernel before the daemon could report them; raise daemon.flow_table_size");
         }
         crate::mem::trim();
+        timeouts.next_scan(began.elapsed(), pressed)
     }
 
     /// Export `reports`, then delete `delete` from the table (in that order: no

@@ -58,6 +58,32 @@ pub struct Timeouts {
     pub low_water: f64,
 }
 
+/// The shortest wait between two scans of the flow table.
+pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// A scan waits this many times its own length before the next: the scans
+/// keep at most 1/SCAN_DUTY of a core busy.
+const SCAN_DUTY: u32 = 50;
+
+impl Timeouts {
+    /// The delay before the next scan, after one that took `took`. A scan
+    /// reads the whole table: in the kernel's batch lookup alone about 250 ns
+    /// an entry on the lab VM (perf, bench_export), so at 100k flows a
+    /// scan a second kept 4-5 % of a core busy whatever the traffic. Big
+    /// tables are scanned less often: SCAN_DUTY times the last scan's length,
+    /// at least [`SCAN_INTERVAL`], at most half the shortest timeout a scan
+    /// enforces (so an end is reported at most that much late); and every
+    /// [`SCAN_INTERVAL`] while the table is above its high-water mark
+    /// (`pressed`), where pressure eviction must keep up with a flood of new
+    /// flows.
+    pub fn next_scan(&self, took: Duration, pressed: bool) -> Duration {
+        if pressed {
+            return SCAN_INTERVAL;
+        }
+        let cap = self.active.min(self.inactive).min(self.tcp_linger) / 2;
+        (took * SCAN_DUTY).min(cap).max(SCAN_INTERVAL)
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
@@ -478,6 +504,12 @@ impl Pass<'_> {
         self.tracker.reported += (self.reports.len() - reported_before) as u64;
     }
 
+    /// After the last batch, before [`Pass::finish`]: whether the table holds
+    /// more than its high-water mark of `table_size`.
+    pub fn pressed(&self, table_size: u32) -> bool {
+        self.entries.saturating_sub(self.deleted) > (f64::from(table_size) * self.tracker.t.high_water) as usize
+    }
+
     /// After the last batch: pressure eviction (the longest-idle flows, reported
     /// first), then the flows that vanished without us since the last scan
     /// (reported from its figures). Hands `out` the reports and the keys to
@@ -597,6 +629,25 @@ mod tests {
 
     fn t() -> Timeouts {
         Timeouts { active: Duration::from_secs(60), inactive: Duration::from_secs(15), tcp_linger: Duration::from_secs(2), ..Timeouts::default() }
+    }
+
+    #[test]
+    fn big_tables_are_scanned_less_often_but_never_past_half_a_timeout() {
+        let t = Timeouts::default(); // inactive 15 s, linger 5 s: cap 2.5 s
+        let ms = Duration::from_millis;
+        // A small table: every second.
+        assert_eq!(t.next_scan(ms(3), false), SCAN_INTERVAL);
+        // 30 ms: 50 times that.
+        assert_eq!(t.next_scan(ms(30), false), ms(1500));
+        // 100 ms would be 5 s: capped at half the 5 s linger.
+        assert_eq!(t.next_scan(ms(100), false), ms(2500));
+        // Above the high-water mark: every second, however long the scan.
+        assert_eq!(t.next_scan(ms(100), true), SCAN_INTERVAL);
+        // Short timeouts bound it below the linger's.
+        let short = Timeouts { inactive: ms(1200), ..t };
+        assert_eq!(short.next_scan(ms(100), false), SCAN_INTERVAL);
+        let tight = Timeouts { active: ms(3000), inactive: ms(3000), ..t };
+        assert_eq!(tight.next_scan(ms(100), false), ms(1500));
     }
 
     #[test]
