@@ -246,6 +246,9 @@ fn run() -> Result<()> {
         bail!("{} missing: cargo build --release first", bin.display());
     }
     let load_before = load_average();
+    // Ctrl-C or SIGTERM: unwind at the next sample, so the lab, the daemon and
+    // the work directory are removed.
+    inferlane::lab::scenario::catch_interrupts()?;
     let work = WorkDir::new("soak")?;
     let mut lab = Lab::build(&LabOptions::default())?;
     let mac = router_mac(&lab)?;
@@ -289,6 +292,9 @@ fn run() -> Result<()> {
         let mut scraped = false;
         let mut peak = 0u64;
         loop {
+            if inferlane::lab::scenario::interrupted() {
+                bail!("interrupted");
+            }
             if sending && lab.wait(tg, Duration::ZERO).is_ok() {
                 sending = false;
                 cy.send = t0.elapsed();

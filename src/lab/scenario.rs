@@ -604,14 +604,27 @@ pub fn run_scenario(bin: &Path, seconds: u32) -> Result<Report, ScenarioError> {
     Ok(report)
 }
 
-/// `inferlane lab`: the scenario with Ctrl-C (and SIGTERM) turned into a clean unwind.
-pub fn run_demo(bin: &Path, seconds: u32) -> Result<Report, ScenarioError> {
+/// Turns SIGINT and SIGTERM into a flag ([`interrupted`]) instead of death, so a
+/// program holding a [`Lab`] can unwind and let its Drop guards tear it down:
+/// killed outright, it would leave its namespaces, processes and files behind.
+pub fn catch_interrupts() -> Result<(), ScenarioError> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
     let action = SigAction::new(SigHandler::Handler(on_interrupt), SaFlags::empty(), SigSet::empty());
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { sigaction(sig, &action) }.map_err(|e| ScenarioError::Io { what: format!("install {sig} handler"), source: e.into() })?;
     }
+    Ok(())
+}
+
+/// Whether SIGINT or SIGTERM arrived since [`catch_interrupts`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// `inferlane lab`: the scenario with Ctrl-C (and SIGTERM) turned into a clean unwind.
+pub fn run_demo(bin: &Path, seconds: u32) -> Result<Report, ScenarioError> {
+    catch_interrupts()?;
     let result = run_scenario(bin, seconds);
     // Ctrl-C also reaches iperf3 and the daemon (same process group), so the step
     // that failed is only a symptom: say what happened.
