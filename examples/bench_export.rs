@@ -538,7 +538,8 @@ fn render(rounds: &[Vec<Side>], background: f64, flows: FlowSet) -> String {
          the lab goes (one blocking send per frame; the generator and the whole packet path share one CPU, so the rate is \
          the lab's, not the exporters'). inferlane: the daemon exporting IPFIX to nfcapd on the router's 127.0.0.1 (active \
          10 s, inactive 5 s). softflowd: on lan0 of the same router with no inferlane, `-m 262144 -t maxlife=10 -t udp=5 \
-         -v 10`, exporting to nfcapd. A run of inferlane with no `[export]` separates its flow-table scan from the export \
+         -v 10`, exporting to nfcapd; its flows are expired with `softflowctl expire-all` before its SIGTERM (the export \
+         of its SIGTERM's own expiry never reached nfcapd here). A run of inferlane with no `[export]` separates its flow-table scan from the export \
          proper, and forwarding with an XDP program that only returns XDP_PASS on lan0 (native mode, as the daemon \
          attaches its own on a veth) shows what XDP on a veth costs before any program work.\n\n\
          Two CPU figures, per million packets lan0 received. **Process + eBPF** (the issue's definition): the exporter \
