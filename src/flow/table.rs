@@ -109,15 +109,15 @@ impl<K: Copy + Eq + Hash + Default, V: Copy + Default> FlowMap<K, V> {
             return;
         }
         let i = self.home(h);
-        prefetch_read(&self.hashes[i]);
-        let slot = &self.slots[i];
+        prefetch_read(&self.hashes[i] as *const u32 as *const u8);
+        let slot = &self.slots[i] as *const (K, V) as *const u8;
         prefetch_read(slot);
         // An entry spans two or three lines; the key and the counters the scan
-        // compares sit in its first 128 bytes.
+        // compares sit in its first 128 bytes. Only an address is formed
+        // (wrapping_add, never dereferenced): the last slot's may lie past the
+        // table, which a prefetch does not mind.
         if std::mem::size_of::<(K, V)>() > 64 {
-            // SAFETY: only an address is formed (wrapping_add), never read
-            // through; a prefetch of any address is harmless.
-            prefetch_read(unsafe { &*((slot as *const (K, V) as *const u8).wrapping_add(64)) });
+            prefetch_read(slot.wrapping_add(64));
         }
     }
 
@@ -323,22 +323,23 @@ impl<V: Copy + Default> Tracked<V> {
     }
 }
 
-/// A hint to load the line holding `r` into the caches; no effect on what
-/// the program computes.
+/// A hint to load the line holding address `p` into the caches; no effect on
+/// what the program computes. `p` is never dereferenced: any address will do.
 #[inline(always)]
-fn prefetch_read<T>(r: &T) {
+fn prefetch_read(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 never faults and writes nothing.
+    // SAFETY: PREFETCHT0 is a hint: it never faults, reads nothing into the
+    // program and writes nothing, whatever the address.
     unsafe {
-        std::arch::x86_64::_mm_prefetch(r as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0);
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
     }
     #[cfg(target_arch = "aarch64")]
     // SAFETY: PRFM is a hint: it never faults and writes nothing.
     unsafe {
-        std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) r as *const T, options(nostack, readonly, preserves_flags));
+        std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags));
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    let _ = r;
+    let _ = p;
 }
 
 /// A [`FlowKey`]'s hash in the map of [`Tracked`] that holds it, computed once
