@@ -127,21 +127,6 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
 }
 
-fn log(start: Instant, msg: impl AsRef<str>) {
-    eprintln!("[{:6.1}s] {}", start.elapsed().as_secs_f64(), msg.as_ref());
-}
-
-/// utime + stime of a process, in ns.
-fn cpu_ns(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').ok_or_else(|| anyhow!("bad stat"))? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as u64;
-    Ok(ticks * 1_000_000_000 / hz)
-}
-
 /// Busy time of all CPUs since boot, in ns: /proc/stat's user, nice, system,
 /// irq and softirq (not idle, iowait or steal). Softirq work the kernel runs on
 /// a process's behalf is in it whoever it is charged to.
@@ -202,12 +187,6 @@ fn trafgen_config(router_mac: &str, flows: FlowSet) -> String {
     )
 }
 
-fn router_mac(lab: &Lab) -> Result<String> {
-    let out = lab.run(Role::Router, "ip", &["-j", "link", "show", "dev", addr::ROUTER_LAN_IF])?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
-    v[0]["address"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no MAC on lan0"))
-}
-
 /// Sends `packets` frames with trafgen; returns the time it took. Refuses once
 /// an interrupt arrived (see `catch_interrupts` in `run`).
 fn send(lab: &mut Lab, cfg: &Path, packets: u64) -> Result<Duration> {
@@ -264,20 +243,20 @@ fn inferlane_side(lab: &mut Lab, run: Run, export: bool) -> Result<Side> {
     let mut daemon = DaemonProcess::start(bin, lab, work, &config)?;
     let pid = daemon.pid().ok_or_else(|| anyhow!("daemon pid"))?;
     let ids: Vec<u32> = daemon.status()?.interfaces.iter().flat_map(|i| i.prog_ids.all()).filter(|&id| id != 0).collect();
-    log(start, format!("{tag} pid {pid}, programs {ids:?}; sending {packets} packets"));
-    let (c0, b0, r0) = (cpu_ns(pid)?, bpf_run_ns(&ids), lan_rx(lab)?);
+    common::log(start, format!("{tag} pid {pid}, programs {ids:?}; sending {packets} packets"));
+    let (c0, b0, r0) = (common::cpu_ns(pid)?, bpf_run_ns(&ids), lan_rx(lab)?);
     let machine = Machine::start(background)?;
     let send_time = send(lab, cfg, packets)?;
     std::thread::sleep(Duration::from_secs(2));
     let (b1, r1) = (bpf_run_ns(&ids), lan_rx(lab)?);
     // Where packets could go missing (diagnosis, in the log only).
     if let Ok(st) = daemon.status() {
-        log(start, format!("{tag}: flow table {:?}; export {:?}", st.flow_table, st.export));
+        common::log(start, format!("{tag}: flow table {:?}; export {:?}", st.flow_table, st.export));
     }
     // The stop exports everything in flight; read the CPU until it exits.
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
     let mut c1 = c0;
-    while let Ok(c) = cpu_ns(pid) {
+    while let Ok(c) = common::cpu_ns(pid) {
         c1 = c;
         if is_zombie(pid) {
             break;
@@ -287,7 +266,7 @@ fn inferlane_side(lab: &mut Lab, run: Run, export: bool) -> Result<Side> {
     let system_ns = machine.stop()?;
     let _ = daemon.stop(Duration::from_secs(30));
     for line in daemon.log_text().lines().filter(|l| l.contains("WARN")) {
-        log(start, format!("{tag} daemon: {line}"));
+        common::log(start, format!("{tag} daemon: {line}"));
     }
     std::thread::sleep(Duration::from_secs(1));
     terminate(lab, nfcapd)?;
@@ -297,7 +276,7 @@ fn inferlane_side(lab: &mut Lab, run: Run, export: bool) -> Result<Side> {
     } else {
         (0, 0)
     };
-    log(start, format!("{tag}: sent in {send_time:?}, lan0 got {}, process {} ms, eBPF {} ms over {} runs, machine {} ms, seen {seen}", r1 - r0, (c1 - c0) / 1_000_000, (b1.0 - b0.0) / 1_000_000, b1.1 - b0.1, system_ns / 1_000_000));
+    common::log(start, format!("{tag}: sent in {send_time:?}, lan0 got {}, process {} ms, eBPF {} ms over {} runs, machine {} ms, seen {seen}", r1 - r0, (c1 - c0) / 1_000_000, (b1.0 - b0.0) / 1_000_000, b1.1 - b0.1, system_ns / 1_000_000));
     Ok(Side {
         name: if export { INFERLANE } else { INFERLANE_SCAN },
         sent: packets,
@@ -350,7 +329,7 @@ fn forwarding_side(lab: &mut Lab, run: Run, name: &'static str) -> Result<Side> 
     std::thread::sleep(Duration::from_secs(2));
     let system_ns = machine.stop()?;
     let r1 = lan_rx(lab)?;
-    log(start, format!("{name}: sent in {send_time:?}, lan0 got {}, machine {} ms", r1 - r0, system_ns / 1_000_000));
+    common::log(start, format!("{name}: sent in {send_time:?}, lan0 got {}, machine {} ms", r1 - r0, system_ns / 1_000_000));
     Ok(Side { name, sent: packets, received: r1 - r0, send_time, process_ns: 0, bpf_ns: 0, system_ns, seen: 0, records: 0 })
 }
 
@@ -369,8 +348,8 @@ fn softflowd_side(lab: &mut Lab, run: Run) -> Result<Side> {
         ],
     )?;
     std::thread::sleep(Duration::from_secs(1));
-    let (c0, r0) = (cpu_ns(sf)?, lan_rx(lab)?);
-    log(start, format!("softflowd pid {sf}; sending {packets} packets"));
+    let (c0, r0) = (common::cpu_ns(sf)?, lan_rx(lab)?);
+    common::log(start, format!("softflowd pid {sf}; sending {packets} packets"));
     let machine = Machine::start(background)?;
     let send_time = send(lab, cfg, packets)?;
     std::thread::sleep(Duration::from_secs(2));
@@ -379,7 +358,7 @@ fn softflowd_side(lab: &mut Lab, run: Run) -> Result<Side> {
     if let Ok(out) = Command::new("softflowctl").arg("-c").arg(&ctl).arg("statistics").output() {
         let text = String::from_utf8_lossy(&out.stdout);
         let lines: Vec<&str> = text.lines().filter(|l| l.contains("packets") || l.contains("flows") || l.contains("dropped")).collect();
-        log(start, format!("softflowctl statistics: {}", lines.join("; ")));
+        common::log(start, format!("softflowctl statistics: {}", lines.join("; ")));
     }
     // softflowd's SIGTERM expires every flow but its export of them never
     // reached nfcapd in this lab (its statistics showed no packet dropped while
@@ -392,7 +371,7 @@ fn softflowd_side(lab: &mut Lab, run: Run) -> Result<Side> {
     }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sf as i32), nix::sys::signal::Signal::SIGTERM);
     let mut c1 = c0;
-    while let Ok(c) = cpu_ns(sf) {
+    while let Ok(c) = common::cpu_ns(sf) {
         c1 = c;
         std::thread::sleep(Duration::from_millis(5));
         if lab.wait(sf, Duration::ZERO).is_ok() {
@@ -403,7 +382,7 @@ fn softflowd_side(lab: &mut Lab, run: Run) -> Result<Side> {
     std::thread::sleep(Duration::from_secs(1));
     terminate(lab, nfcapd)?;
     let c = common::collected(&dir)?;
-    log(start, format!("softflowd: sent in {send_time:?}, process {} ms, machine {} ms, seen {}", (c1 - c0) / 1_000_000, system_ns / 1_000_000, c.packets));
+    common::log(start, format!("softflowd: sent in {send_time:?}, process {} ms, machine {} ms, seen {}", (c1 - c0) / 1_000_000, system_ns / 1_000_000, c.packets));
     Ok(Side { name: SOFTFLOWD, sent: packets, received: r1 - r0, send_time, process_ns: c1 - c0, bpf_ns: 0, system_ns, seen: c.packets, records: c.flows })
 }
 
@@ -473,18 +452,18 @@ fn run() -> Result<()> {
     let idle = Machine::start(0.0)?;
     std::thread::sleep(Duration::from_secs(5));
     let background = idle.stop()? as f64 / idle.t0.elapsed().as_nanos() as f64;
-    log(start, format!("background: {:.1} % of one CPU", background * 100.0));
+    common::log(start, format!("background: {:.1} % of one CPU", background * 100.0));
     // Something else is running (another benchmark, a build): the machine's
     // busy time would be mostly theirs.
     if background > 0.2 {
         bail!("the machine is busy without traffic ({:.0} % of one CPU): stop what runs beside the benchmark", background * 100.0);
     }
     for &flows in &args.flows {
-        std::fs::write(&cfg, trafgen_config(&router_mac(&lab)?, flows))?;
+        std::fs::write(&cfg, trafgen_config(&common::router_mac(&lab)?, flows))?;
         let run = Run { work: &work, bin: &bin, cfg: &cfg, packets: args.packets, background, start };
         let mut rounds = Vec::new();
         for round in 1..=args.rounds {
-            log(start, format!("{} flows: round {round} of {}", flows.count(), args.rounds));
+            common::log(start, format!("{} flows: round {round} of {}", flows.count(), args.rounds));
             rounds.push(vec![
                 forwarding_side(&mut lab, run, FORWARDING)?,
                 xdp_pass_side(&mut lab, run, &xdp_pass)?,
@@ -497,7 +476,7 @@ fn run() -> Result<()> {
         print!("{section}");
         if let Some(path) = &args.write {
             write_section(path, &heading(flows), &section)?;
-            log(start, format!("wrote {path}"));
+            common::log(start, format!("wrote {path}"));
         }
     }
     Ok(())

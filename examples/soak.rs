@@ -86,10 +86,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn log(start: Instant, msg: impl AsRef<str>) {
-    eprintln!("[{:6.1}s] {}", start.elapsed().as_secs_f64(), msg.as_ref());
-}
-
 /// VmRSS and VmHWM of `pid`, KiB.
 fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("/proc/{pid}/status"))?;
@@ -101,17 +97,6 @@ fn rss_kib(pid: u32) -> Result<(u64, u64)> {
             .ok_or_else(|| anyhow!("no {k} in /proc/{pid}/status"))
     };
     Ok((get("VmRSS:")?, get("VmHWM:")?))
-}
-
-/// utime + stime of a process, in ms.
-fn cpu_ms(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').ok_or_else(|| anyhow!("bad stat"))? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as u64;
-    Ok(ticks * 1000 / hz)
 }
 
 /// Where the resident memory is, by kind of mapping (/proc/PID/smaps): (what, KiB).
@@ -171,12 +156,6 @@ fn trafgen_config(router_mac: &str, cycle: u32, ipv6: bool) -> String {
         SPORTS.1,
         dport + 1,
     )
-}
-
-fn router_mac(lab: &Lab) -> Result<String> {
-    let out = lab.run(Role::Router, "ip", &["-j", "link", "show", "dev", addr::ROUTER_LAN_IF])?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
-    v[0]["address"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no MAC on lan0"))
 }
 
 /// One sample of the time series.
@@ -251,7 +230,7 @@ fn run() -> Result<()> {
     inferlane::lab::scenario::catch_interrupts()?;
     let work = WorkDir::new("soak")?;
     let mut lab = Lab::build(&LabOptions::default())?;
-    let mac = router_mac(&lab)?;
+    let mac = common::router_mac(&lab)?;
     let nfdir = work.path().join("nfcapd");
     let nfcapd = common::start_nfcapd(&mut lab, &nfdir, COLLECTOR_PORT)?;
     let socket = work.path().join("control.sock");
@@ -263,7 +242,7 @@ fn run() -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     let (baseline, _) = rss_kib(pid)?;
     let first = daemon.status()?;
-    log(start, format!("daemon pid {pid}: VmRSS {baseline} KiB before any flow; table {}", first.flow_table.size));
+    common::log(start, format!("daemon pid {pid}: VmRSS {baseline} KiB before any flow; table {}", first.flow_table.size));
 
     let mut samples: Vec<Sample> = Vec::new();
     let mut cycles: Vec<Cycle> = Vec::new();
@@ -277,7 +256,7 @@ fn run() -> Result<()> {
         let before = daemon.status()?;
         reset_hwm(pid)?;
         let mut cy = Cycle::default();
-        let cpu0 = cpu_ms(pid)?;
+        let cpu0 = common::cpu_ns(pid)? / 1_000_000;
         let t0 = Instant::now();
         let n = (FLOWS * args.rounds).to_string();
         let cfg_s = cfg.display().to_string();
@@ -343,7 +322,7 @@ fn run() -> Result<()> {
                         // The cycle's own peak leaves the request out.
                         reset_hwm(pid)?;
                         flows_request = Some(FlowsRequest { flows: n, before: before.0, peak: after.1, after: after.0 });
-                        log(start, format!("flows request: {n} flows, VmRSS {} KiB before, VmHWM {} KiB during, VmRSS {} KiB after", before.0, after.1, after.0));
+                        common::log(start, format!("flows request: {n} flows, VmRSS {} KiB before, VmHWM {} KiB during, VmRSS {} KiB after", before.0, after.1, after.0));
                     }
                 }
             }
@@ -351,7 +330,7 @@ fn run() -> Result<()> {
         }
         let latest = latest.ok_or_else(|| anyhow!("cycle {c}: no status read"))?;
         cy.expire = t0.elapsed() - cy.send;
-        cy.cpu_ms = cpu_ms(pid)? - cpu0;
+        cy.cpu_ms = common::cpu_ns(pid)? / 1_000_000 - cpu0;
         let (after, hwm) = rss_kib(pid)?;
         cy.after = after;
         cy.peak = peak.max(hwm);
@@ -359,7 +338,7 @@ fn run() -> Result<()> {
         cy.created = latest.flow_table.stats.created - before.flow_table.stats.created;
         cy.records = records(&latest) - records(&before);
         cy.rss_full = median(full);
-        log(
+        common::log(
             start,
             format!(
                 "cycle {c}: created {}, max live {}, VmRSS at full {:?} KiB, peak {} KiB, after expiry {} KiB (live {}), records {}, sent in {:.1} s",
@@ -372,7 +351,7 @@ fn run() -> Result<()> {
     let load_after = load_average();
     daemon.stop(Duration::from_secs(30))?;
     for line in daemon.log_text().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(20) {
-        log(start, format!("daemon: {line}"));
+        common::log(start, format!("daemon: {line}"));
     }
     std::thread::sleep(Duration::from_secs(1));
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(nfcapd as i32), nix::sys::signal::Signal::SIGTERM);
@@ -391,7 +370,7 @@ fn run() -> Result<()> {
     print!("{section}");
     if let Some(path) = &args.write {
         inferlane::lab::scenario::write_bench_section(Path::new(path), if args.ipv6 { SECTION_V6 } else { SECTION }, &section).with_context(|| format!("write {path}"))?;
-        log(start, format!("wrote {path}"));
+        common::log(start, format!("wrote {path}"));
     }
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
-use inferlane::lab::{Lab, Role};
+use anyhow::{anyhow, bail, Context, Result};
+use inferlane::lab::{addr, Lab, Role};
 
 /// Starts nfcapd in the router namespace on 127.0.0.1:`port`, writing to `dir`,
 /// and waits until it listens.
@@ -46,4 +46,26 @@ pub fn collected(dir: &Path) -> Result<Collected> {
             .ok_or_else(|| anyhow!("no {k} in nfdump -I:\n{text}"))
     };
     Ok(Collected { flows: get("Flows")?, packets: get("Packets")? })
+}
+
+pub fn log(start: Instant, msg: impl AsRef<str>) {
+    eprintln!("[{:6.1}s] {}", start.elapsed().as_secs_f64(), msg.as_ref());
+}
+
+/// utime + stime of a process, in ns.
+pub fn cpu_ns(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').ok_or_else(|| anyhow!("bad stat"))? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as u64;
+    Ok(ticks * 1_000_000_000 / hz)
+}
+
+/// The MAC address of the router's LAN interface, where trafgen's frames go.
+pub fn router_mac(lab: &Lab) -> Result<String> {
+    let out = lab.run(Role::Router, "ip", &["-j", "link", "show", "dev", addr::ROUTER_LAN_IF])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
+    v[0]["address"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no MAC on lan0"))
 }
